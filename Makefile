@@ -1,0 +1,81 @@
+# einscade developer entry points.  Everything runs inside ./.venv.
+#
+#   make demo       show a compiled cascade (creates .venv on first use)
+#   make test       lint + format check + test suite (what .ci/run runs)
+#   make test-slow  only the tests marked `slow`
+#
+# torch is installed explicitly *before* the package so that pip never resolves
+# torch on its own (which on Linux would pull the CUDA build and nvidia-* wheels).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+PIP_FLAGS := --quiet --no-input --disable-pip-version-check --progress-bar off
+STAMP := $(VENV)/.stamp
+
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_LOCAL_WHEELS := /opt/wheels
+# CPU torch wheels do not pin triton (CUDA ones do); keep it on the release line
+# torch 2.13 is built against instead of whatever newest pyproject allows.
+TRITON_SPEC := triton~=3.7.0
+
+PYTEST_WORKERS ?= 2
+LINT_PATHS := einscade tests
+
+.PHONY: venv demo test test-slow lint format clean
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "error: $(PYTHON) is older than 3.10" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Order-only dependency on the interpreter, so the venv directory's mtime never
+# triggers a reinstall; editing pyproject.toml does.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo ">> GPU found: installing torch==$(TORCH_VERSION)"; \
+		$(PIP) install $(PIP_FLAGS) "torch==$(TORCH_VERSION)"; \
+	else \
+		wheel=$$(ls $(TORCH_LOCAL_WHEELS)/torch-$(TORCH_VERSION)+cpu*.whl 2>/dev/null | head -n 1 || true); \
+		if [ -n "$$wheel" ]; then \
+			echo ">> no GPU: installing local CPU wheel $$wheel"; \
+			$(PIP) install $(PIP_FLAGS) "$$wheel"; \
+		else \
+			echo ">> no GPU: installing torch==$(TORCH_VERSION) from $(TORCH_CPU_INDEX)"; \
+			$(PIP) install $(PIP_FLAGS) --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
+		fi; \
+	fi
+	@echo ">> installing einscade (editable) with test extras"
+	$(PIP) install $(PIP_FLAGS) -e '.[test]' "$(TRITON_SPEC)"
+	@touch $@
+
+demo: venv
+	$(BIN)/einscade show neighborhood_2d --grid 56x56 --kernel 7x7
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+test: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+
+test-slow: venv
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m slow
+
+format: venv
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache .hypothesis einscade-dump
+	find . -path ./$(VENV) -prune -o \
+		\( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 \
+		| xargs -0 -r rm -rf
