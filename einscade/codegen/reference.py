@@ -171,6 +171,8 @@ class _Executor:
         match expr:
             case Num(value=v):
                 return v, ()
+            case Name(id=name) if name in self.scope.lets:
+                return self.eval(self.scope.lets[name], space)
             case Name(id=name):
                 return self.name(name, space), ()
             case Access():
