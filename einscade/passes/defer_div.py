@@ -19,6 +19,11 @@ After (2 passes)::
     SNV[f, p] = SN[m, p] * V[f, m] :: sum(m)
     AV[f, p] = SNV[f, p] / SD[p]
 
+Where the sum's fiber may be empty (a mask upstream, or an affine read that can fall out of
+range), a fully masked row used to sum to 0; its deferred form would divide 0 by 0. The
+moved denominators are then guarded, ``SNV[f, p] / where(SD[p] == 0, 1.0, SD[p])``: equal
+wherever the original division was finite, and 0 on empty rows.
+
 Only ``sum`` reductions qualify (a factor leaves a max or min only if it is positive, which
 the IR cannot promise); statements inside ``iterate`` blocks are left alone.
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from einscade.ir.cascade import Cascade, Einsum, Statement
-from einscade.ir.expr import Access, Binary, Expr, Name, Num, accesses
+from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, accesses
 from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope
 from einscade.passes.analysis.uses import read_counts
@@ -63,6 +68,11 @@ def join_product(factors: _Factors) -> Expr:
     for factor in factors.denominator:
         result = Binary("/", result, factor)
     return result
+
+
+def _nonzero(denominator: Expr) -> Expr:
+    """``where(d == 0, 1.0, d)``: an empty sum divides by 1, so its row stays 0."""
+    return Call("where", (Binary("==", denominator, Num(0)), Num(1.0), denominator))
 
 
 def _inlinable(scope: Scope, counts, definitions: dict[str, Einsum], node: Access) -> Einsum | None:  # type: ignore[no-untyped-def]
@@ -132,6 +142,26 @@ class _Deferral:
         )
         return inside, outside
 
+    def may_be_empty(self, stmt: Einsum) -> bool:
+        """Whether some fiber of ``stmt``'s sum may hold no point (conservatively)."""
+        assert stmt.reduce is not None
+        reduced = set(stmt.reduce.ranks)
+        seen: set[str] = set()
+        todo = [stmt]
+        while todo:
+            current = todo.pop()
+            if current.predicate is not None:
+                return True
+            for node in accesses(current.value):
+                for index in node.indices:
+                    if not isinstance(index, Name) and self.scope.ranks_in(index) & reduced:
+                        return True
+                producer = self.definitions.get(node.tensor)
+                if producer is not None and node.tensor not in seen:
+                    seen.add(node.tensor)
+                    todo.append(producer)
+        return False
+
     def fresh(self, factors: tuple[Expr, ...]) -> str:
         stem = "".join(a.tensor for f in factors for a in accesses(f)) or "T"
         name, k = stem, 1
@@ -150,6 +180,8 @@ class _Deferral:
             reason = f"{stmt.target}: no factor outside sum({', '.join(stmt.reduce.ranks)})"
             self.notes.append(Note("decline", reason))
             return None
+        if outside.denominator and self.may_be_empty(stmt):
+            outside = _Factors(outside.numerator, tuple(map(_nonzero, outside.denominator)))
         partial = self.fresh(inside.numerator + inside.denominator)
         lhs = tuple(Name(i.id) for i in stmt.indices if isinstance(i, Name))
         reduced_stmt = replace(stmt, target=partial, value=join_product(inside))

@@ -72,3 +72,15 @@ def test_sigmoid_is_left_alone_and_says_why():
     assert result.cascade == einscade.sigmoid_attention()
     assert result.rewrites == 0
     assert "AV: no factor outside sum(m)" in [n.message for n in result.notes]
+
+
+def test_fully_masked_rows_stay_zero_after_deferral():
+    cascade = einscade.softmax_attention(causal="bottom_right")
+    rewritten = verify(DeferDiv().run(cascade).cascade)
+    assert "where(SD[b, h, p] == 0, 1.0, SD[b, h, p])" in print_cascade(rewritten)
+    sizes = {**SIZES, "p": 9, "m": 4}
+    tensors = _inputs(cascade, sizes)
+    out = reference(rewritten, **tensors)
+    assert not out.isnan().any()
+    assert (out[:, :, :5] == 0).all()
+    torch.testing.assert_close(out, reference(cascade, **tensors), rtol=1e-12, atol=1e-12)
