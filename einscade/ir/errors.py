@@ -37,8 +37,9 @@ class LocatedError(EinscadeError):
         if not 1 <= self.loc.line <= len(lines):
             return head
         text = lines[self.loc.line - 1]
-        caret = " " * (self.loc.col - 1) + "^"
-        return f"{head}\n  {text}\n  {caret}"
+        # Keep tabs so the caret lines up under the same column as in the source line.
+        pad = "".join(c if c == "\t" else " " for c in text[: self.loc.col - 1])
+        return f"{head}\n  {text}\n  {pad.ljust(self.loc.col - 1)}^"
 
 
 class ParseError(LocatedError):

@@ -42,5 +42,8 @@ def tokenize(source: str, filename: str = "<string>") -> list[Token]:
             line += newlines
             line_start = match.start() + text.rindex("\n") + 1
         pos = match.end()
-    tokens.append(Token("eof", "", SourceLoc(filename, line, pos - line_start + 1)))
+    # End of input sits right after the last token, so "expected '}'" points at a real line.
+    last = tokens[-1].loc if tokens else SourceLoc(filename, 1, 1)
+    end_col = last.col + len(tokens[-1].text) if tokens else 1
+    tokens.append(Token("eof", "", SourceLoc(filename, last.line, end_col)))
     return tokens

@@ -11,7 +11,7 @@ from __future__ import annotations
 from einscade.ir import ops
 from einscade.ir.cascade import Cascade, Einsum, Iterate, size_symbol
 from einscade.ir.errors import SourceLoc, VerifyError
-from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, walk
+from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, accesses, walk
 from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope, generation_index
 
@@ -198,11 +198,12 @@ class _Verifier:
                 )
 
     def covers(self, ranks: set[str], rank: str) -> bool:
-        """Whether ``ranks`` pin down ``rank``: the rank itself, its grid, or all its axes."""
-        if rank in ranks or self.scope.axis_of.get(rank) in ranks:
-            return True
-        axes = self.scope.grids.get(rank)
-        return axes is not None and all(a in ranks for a in axes)
+        """Whether ``ranks`` pin down ``rank``: the rank itself or, for a grid axis, its grid.
+
+        A grid rank is not pinned by its axes: a statement iterates either the flat rank or
+        the axes, so ``S[px, py] = X[p]`` is rejected.
+        """
+        return rank in ranks or self.scope.axis_of.get(rank) in ranks
 
     def check_target(self, stmt: Einsum, iterated: str | None) -> None:
         plain = [i for i in stmt.indices if isinstance(i, Name)]
@@ -228,6 +229,7 @@ class _Verifier:
         inits: set[str] = set()
         updates: set[str] = set()
         for stmt in block.body:
+            self.check_generation_reads(stmt, block.rank, inits - updates)
             kinds = [generation_index(i, block.rank) for i in stmt.indices]
             has_plain = Name(block.rank) in stmt.indices
             if "init" in kinds:
@@ -235,9 +237,11 @@ class _Verifier:
                     raise self.fail(f"generation 0 of {stmt.target} reads {block.rank!r}", stmt.loc)
                 inits.add(stmt.target)
             elif "next" in kinds:
-                if stmt.target not in inits or stmt.target in updates:
+                if stmt.target not in inits:
+                    raise self.fail(f"{stmt.target} is updated before its generation 0", stmt.loc)
+                if stmt.target in updates:
                     raise self.fail(
-                        f"{stmt.target} needs exactly one generation 0 before its update", stmt.loc
+                        f"{stmt.target} is updated twice in 'iterate {block.rank}'", stmt.loc
                     )
                 updates.add(stmt.target)
             elif not has_plain:
@@ -251,6 +255,19 @@ class _Verifier:
         if missing:
             raise self.fail(f"iterative tensor {sorted(missing)[0]!r} is never updated", block.loc)
 
+    def check_generation_reads(self, stmt: Einsum, rank: str, pending: set[str]) -> None:
+        """Generation ``rank + 1`` of an iterative tensor exists only after its update."""
+        for node in accesses(stmt.value):
+            info = self.scope.tensors.get(node.tensor)
+            if node.tensor not in pending or info is None or info.generation is None:
+                continue
+            index = node.indices[info.generation] if info.generation < len(node.indices) else None
+            if index is not None and generation_index(index, rank) == "next":
+                raise self.fail(
+                    f"{node.tensor}[...] reads generation '{rank} + 1' before its update",
+                    node.loc or stmt.loc,
+                )
+
     def run(self) -> None:
         self.check_declarations()
         for stmt in self.cascade.body:
@@ -259,7 +276,11 @@ class _Verifier:
             else:
                 self.check_einsum(stmt, None)
         for out in self.cascade.outputs:
-            if out not in self.defined or self.cascade.input(out) is not None:
+            if self.cascade.input(out) is not None:
+                raise self.fail(
+                    f"output {out!r} is an input, not a computed tensor", self.cascade.loc
+                )
+            if out not in self.defined:
                 raise self.fail(f"output {out!r} is not defined by any statement", self.cascade.loc)
 
 
