@@ -36,6 +36,7 @@ from einscade.ir.cascade import Cascade, Einsum, Statement
 from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, accesses
 from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope
+from einscade.passes.analysis.emptiness import fiber_may_be_empty
 from einscade.passes.analysis.uses import read_counts
 from einscade.passes.base import Note, Pass, PassResult, register
 
@@ -142,26 +143,6 @@ class _Deferral:
         )
         return inside, outside
 
-    def may_be_empty(self, stmt: Einsum) -> bool:
-        """Whether some fiber of ``stmt``'s sum may hold no point (conservatively)."""
-        assert stmt.reduce is not None
-        reduced = set(stmt.reduce.ranks)
-        seen: set[str] = set()
-        todo = [stmt]
-        while todo:
-            current = todo.pop()
-            if current.predicate is not None:
-                return True
-            for node in accesses(current.value):
-                for index in node.indices:
-                    if not isinstance(index, Name) and self.scope.ranks_in(index) & reduced:
-                        return True
-                producer = self.definitions.get(node.tensor)
-                if producer is not None and node.tensor not in seen:
-                    seen.add(node.tensor)
-                    todo.append(producer)
-        return False
-
     def fresh(self, factors: tuple[Expr, ...]) -> str:
         stem = "".join(a.tensor for f in factors for a in accesses(f)) or "T"
         name, k = stem, 1
@@ -180,7 +161,7 @@ class _Deferral:
             reason = f"{stmt.target}: no factor outside sum({', '.join(stmt.reduce.ranks)})"
             self.notes.append(Note("decline", reason))
             return None
-        if outside.denominator and self.may_be_empty(stmt):
+        if outside.denominator and fiber_may_be_empty(self.cascade, stmt, self.scope):
             outside = _Factors(outside.numerator, tuple(map(_nonzero, outside.denominator)))
         partial = self.fresh(inside.numerator + inside.denominator)
         lhs = tuple(Name(i.id) for i in stmt.indices if isinstance(i, Name))
