@@ -3,7 +3,7 @@
 einscade show NAME [--grid 56x56 --kernel 7x7 ...] [--size P=1024 ...]
 einscade show FILE.ecas [--size ...]
 einscade check FILE.ecas
-einscade opt FILE.ecas|NAME [builder options] --pipeline SPEC [--dump-dir D] [--debug N]
+einscade opt FILE.ecas|NAME [builder options] [--pipeline SPEC] [--dump-dir D] [--debug N]
 einscade list
 """
 
@@ -134,7 +134,10 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # builder options such as --d must not match --dump-dir
     )
     opt_cmd.add_argument("target", help="a built-in name (see 'einscade list') or FILE.ecas")
-    opt_cmd.add_argument("--pipeline", required=True, metavar="SPEC", help="e.g. 'dce'")
+    opt_cmd.add_argument(
+        "--pipeline", default=None, metavar="SPEC",
+        help="e.g. 'defer-div,online-softmax,dce' (the default)",
+    )  # fmt: skip
     opt_cmd.add_argument("--dump-dir", default=None, metavar="D", help="per-pass IR and repro.py")
     opt_cmd.add_argument("--debug", type=int, default=None, metavar="N", help="EINSCADE_DEBUG")
     sub.add_parser("list", help="list the built-in cascades")
@@ -143,11 +146,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def optimize(args: argparse.Namespace, rest: list[str]) -> str:
     """``einscade opt``: the optimized cascade as text; errors become one-line EinscadeErrors."""
-    from einscade.compiler.pipeline import PassFailure, run_pipeline
+    from einscade.compiler.pipeline import DEFAULT_PIPELINE, PassFailure, run_pipeline
 
     try:
         cascade, _ = load_target(args.target, parse_builder_options(rest))
-        result = run_pipeline(cascade, args.pipeline, dump_dir=args.dump_dir, debug=args.debug)
+        spec = args.pipeline or DEFAULT_PIPELINE
+        result = run_pipeline(cascade, spec, dump_dir=args.dump_dir, debug=args.debug)
     except PassFailure as failure:
         raise EinscadeError(failure.summary) from failure
     except EinscadeError as error:

@@ -53,6 +53,15 @@ class Pass:
                 known = ", ".join(fields) or "none"
                 raise EinscadeError(f"pass {cls.name!r} has no option {key!r} (options: {known})")
             converted[key] = _convert(raw, fields[key].type, cls.name, key)
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in converted
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise EinscadeError(f"pass {cls.name!r} needs option {missing[0]!r}")
         return cls(**converted)
 
     def spec(self) -> str:
