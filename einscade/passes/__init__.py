@@ -8,4 +8,5 @@ from einscade.passes import (  # noqa: F401  (imported for their @register side 
     dce,
     defer_div,
     online_softmax,
+    tile,
 )

@@ -63,7 +63,6 @@ from einscade.ir.expr import (
     Unary,
     accesses,
     conjoin,
-    names,
 )
 from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope
@@ -71,27 +70,14 @@ from einscade.ir.symbolic import SymbolTable, from_sympy, to_sympy
 from einscade.passes.analysis.emptiness import fiber_may_be_empty
 from einscade.passes.analysis.uses import reads_of
 from einscade.passes.base import Note, Pass, PassResult, register
+from einscade.passes.rank_split import RankSplit, SplitError, flat_coordinate, row_major_axes
 
 
 class Decline(Exception):
     """The online form does not apply; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Tiling:
-    """How rank ``rank`` is split: coordinate ``r1 * R0 + r0``."""
-
-    rank: str
-    r1: str
-    r0: str
-
-    @property
-    def coordinate(self) -> Expr:
-        outer = Binary("*", Name(self.r1), Name(size_symbol(self.r0)))
-        return Binary("+", outer, Name(self.r0))
-
-
-def _fresh(base: str, taken: set[str]) -> str:
+def fresh_name(base: str, taken: set[str]) -> str:
     name, k = base, 2
     while name in taken:
         name, k = f"{base}_{k}", k + 1
@@ -99,24 +85,29 @@ def _fresh(base: str, taken: set[str]) -> str:
     return name
 
 
-class _OnlineForm:
-    def __init__(self, cascade: Cascade, rank: str, block: int):
+class OnlineForm:
+    def __init__(self, cascade: Cascade, rank: str, block: int, *, force: bool = False):
         self.cascade = cascade
+        self.force = force
         self.scope = Scope(cascade)
         self.rank = rank
         self.block = block
         self.taken = set(self.scope.tensors) | self.scope.ranks | self.scope.sizes
         self.taken |= {p.name for p in cascade.params} | set(self.scope.lets)
-        r1 = _fresh(rank + "1", self.taken)
-        r0 = _fresh(rank + "0", self.taken)
+        r1 = fresh_name(rank + "1", self.taken)
+        r0 = fresh_name(rank + "0", self.taken)
         self.taken |= {size_symbol(r1), size_symbol(r0)}
-        self.tiling = _Tiling(rank, r1, r0)
-        self.axes = self.scope.grids.get(rank, ())
+        self.r1, self.r0 = r1, r0
         self.walking = self.chain()
         self.walk_targets = {s.target for s in self.walking}
         self.reductions = {s.target: s for s in self.walking if s.reduce and rank in s.reduce.ranks}
         self.maps = {s.target: s for s in self.walking if s.target not in self.reductions}
         self.running = {t: "R" + t for t in self.reductions}
+        coordinate = flat_coordinate(r1, r0)
+        self.split = RankSplit(
+            rank, r1, r0, coordinate,
+            row_major_axes(self.scope.grids.get(rank, ()), coordinate), frozenset(self.maps),
+        )  # fmt: skip
         self.corrections: dict[str, tuple[str, Einsum]] = {}
 
     # -- analysis ------------------------------------------------------------------------
@@ -141,7 +132,9 @@ class _OnlineForm:
 
     def check_structure(self) -> None:
         read_in_walk = {t for s in self.walking for t in reads_of(s)}
-        if not set(self.reductions) & read_in_walk:
+        if not self.reductions:
+            raise Decline(f"nothing reduces {self.rank!r}")
+        if not self.force and not set(self.reductions) & read_in_walk:
             raise Decline(
                 f"already one pass over {self.rank!r}: no reduction over it is read while "
                 "walking it again"
@@ -183,58 +176,26 @@ class _OnlineForm:
         )
 
     # -- rewriting expressions -----------------------------------------------------------
-    def axis_coordinate(self, axis: str) -> Expr:
-        k = self.axes.index(axis)
-        later = [Name(size_symbol(a)) for a in self.axes[k + 1 :]]
-        value = self.tiling.coordinate
-        if later:
-            stride: Expr = later[0]
-            for size in later[1:]:
-                stride = Binary("*", stride, size)
-            value = Binary("//", value, stride)
-        return value if k == 0 else Binary("%", value, Name(size_symbol(axis)))
+    def running_read(self, access: Access, split: RankSplit) -> Expr | None:
+        """Inside the loop a finished reduction is read as its running value so far."""
+        if access.tensor not in self.reductions:
+            return None
+        generation = Binary("+", Name(self.r1), Num(1))
+        indices = tuple(split.expr(i, self.running_read) for i in access.indices)
+        return Access(self.running[access.tensor], (generation, *indices))
 
     def retile(self, expr: Expr) -> Expr:
         """Rewrite an expression of the walk in tile coordinates."""
-        match expr:
-            case Name(id=name) if name == self.rank:
-                return self.tiling.coordinate
-            case Name(id=name) if name in self.axes:
-                return self.axis_coordinate(name)
-            case Access(tensor=t, indices=idx) if t in self.reductions:
-                generation = Binary("+", Name(self.tiling.r1), Num(1))
-                return Access(self.running[t], (generation, *map(self.retile, idx)))
-            case Access(tensor=t, indices=idx) if t in self.maps:
-                return Access(t, self.retile_indices(t, idx))
-            case Access(tensor=t, indices=idx):
-                return Access(t, tuple(self.retile(i) for i in idx))
-            case Unary(op=op, operand=x):
-                return Unary(op, self.retile(x))
-            case Binary(op=op, lhs=a, rhs=b):
-                return Binary(op, self.retile(a), self.retile(b))
-            case Call(fn=fn, args=args):
-                return Call(fn, tuple(self.retile(a) for a in args))
-        return expr
-
-    def retile_indices(self, tensor: str, indices: tuple[Expr, ...]) -> tuple[Expr, ...]:
-        result: list[Expr] = []
-        for index in indices:
-            if index == Name(self.rank):
-                result += [Name(self.tiling.r1), Name(self.tiling.r0)]
-            elif self.rank in self.scope.ranks_in(index):
-                raise Decline(f"{tensor} is read at {print_expr(index)}, not at {self.rank!r}")
-            else:
-                result.append(self.retile(index))
-        return tuple(result)
-
-    def retile_lhs(self, stmt: Einsum) -> tuple[Expr, ...]:
-        return self.retile_indices(stmt.target, stmt.indices)
+        try:
+            return self.split.expr(expr, self.running_read)
+        except SplitError as error:
+            raise Decline(str(error)) from None
 
     def in_range(self, value: Expr) -> Expr | None:
         """Bound the tail tile explicitly when nothing read carries the tile coordinate."""
-        if any(self.tiling.r0 in names(i) for a in accesses(value) for i in a.indices):
+        if self.split.reads_inner(value):
             return None
-        return Binary("<", self.tiling.coordinate, Name(size_symbol(self.rank)))
+        return Binary("<", self.split.coordinate, Name(size_symbol(self.rank)))
 
     # -- building ------------------------------------------------------------------------
     def correction(self, stmt: Einsum, guard: bool) -> tuple[str, Einsum] | None:
@@ -269,14 +230,14 @@ class _OnlineForm:
             if existing.value == value:
                 return name, existing
         first = sorted(moving.values(), key=print_expr)[0]
-        name = _fresh("C" + first.tensor, self.taken)
-        lhs = (Name(self.tiling.r1), *self.correction_ranks(value))
+        name = fresh_name("C" + first.tensor, self.taken)
+        lhs = (Name(self.r1), *self.correction_ranks(value))
         made = Einsum(name, lhs, value)
         self.corrections[stmt.target] = (name, made)
         return name, made
 
     def generation_read(self, access: Access, guard: bool, op: str, step: int) -> Expr:
-        generation: Expr = Name(self.tiling.r1)
+        generation: Expr = Name(self.r1)
         if step:
             generation = Binary("+", generation, Num(1))
         read: Expr = Access(self.running[access.tensor], (generation, *access.indices))
@@ -299,13 +260,13 @@ class _OnlineForm:
     def reduction_statements(self, stmt: Einsum) -> tuple[list[Einsum], list[Einsum]]:
         """(init, body statements) replacing one reduction over the walked rank."""
         assert stmt.reduce is not None
-        r1 = Name(self.tiling.r1)
+        r1 = Name(self.r1)
         lhs = stmt.indices
         op = stmt.reduce.op
-        local_ranks = tuple(self.tiling.r0 if r == self.rank else r for r in stmt.reduce.ranks)
+        local_ranks = tuple(self.r0 if r == self.rank else r for r in stmt.reduce.ranks)
         value = self.retile(stmt.value)
         predicate = self.retile(stmt.predicate) if stmt.predicate is not None else None
-        local_name = _fresh("L" + stmt.target, self.taken)
+        local_name = fresh_name("L" + stmt.target, self.taken)
         running = self.running[stmt.target]
         local = Einsum(
             local_name, (r1, *lhs), value, replace(stmt.reduce, ranks=local_ranks),
@@ -337,7 +298,7 @@ class _OnlineForm:
         value = self.retile(stmt.value)
         predicate = self.retile(stmt.predicate) if stmt.predicate is not None else None
         return replace(
-            stmt, indices=self.retile_lhs(stmt), value=value,
+            stmt, indices=self.split.indices(stmt.target, stmt.indices), value=value,
             predicate=conjoin(predicate, self.in_range(value)),
         )  # fmt: skip
 
@@ -354,7 +315,7 @@ class _OnlineForm:
             else:
                 loop.append(self.map_statement(stmt))
         before, after = self.split_rest()
-        block = Iterate(self.tiling.r1, tuple(inits + loop))
+        block = Iterate(self.r1, tuple(inits + loop))
         return replace(
             self.cascade,
             body=tuple(before + [block] + self.finals(after) + after),
@@ -383,7 +344,7 @@ class _OnlineForm:
         """``SD[p] = RSD[M1, p]`` for each reduction read after the loop or returned."""
         read_after = {t for stmt in after for s in _einsums(stmt) for t in reads_of(s)}
         needed = read_after | set(self.cascade.outputs)
-        last = Name(size_symbol(self.tiling.r1))
+        last = Name(size_symbol(self.r1))
         return [
             Einsum(t, s.indices, Access(self.running[t], (last, *s.indices)))
             for t, s in self.reductions.items()
@@ -391,7 +352,7 @@ class _OnlineForm:
         ]
 
     def tile_sizes(self) -> tuple[SizeDef, ...]:
-        r0, r1 = size_symbol(self.tiling.r0), size_symbol(self.tiling.r1)
+        r0, r1 = size_symbol(self.r0), size_symbol(self.r1)
         extent = Name(size_symbol(self.rank))
         count = Binary("//", Binary("-", Binary("+", extent, Name(r0)), Num(1)), Name(r0))
         return (SizeDef(r0, Num(self.block)), SizeDef(r1, count))
@@ -441,7 +402,7 @@ class OnlineSoftmax(Pass):
             rank = pending[0]
             tried.add(rank)
             try:
-                cascade = _OnlineForm(cascade, rank, self.block).build()
+                cascade = OnlineForm(cascade, rank, self.block).build()
             except Decline as why:
                 notes.append(Note("decline", f"over {rank!r}: {why}"))
                 continue

@@ -1,0 +1,369 @@
+"""The attention mask of a cascade: which (query, key) pairs exist, as one predicate.
+
+:func:`attention_mask` conjoins the predicates of every Einsum whose iteration space holds
+both the query and the key rank (grid axes count as their flat rank), ``let`` names
+expanded. :meth:`Mask.bind` fixes sizes, parameters, lookup tensors and any other rank the
+predicate reads (``b`` in ``doc[b, m]``), leaving an expression over query and key
+coordinates only: the form :mod:`~einscade.passes.analysis.intervals` reasons about and
+:meth:`BoundMask.evaluate` evaluates densely with torch (the brute-force oracle).
+
+Reads follow the IR semantics: a lookup dimension of extent 1 broadcasts, and an
+out-of-range read is an absent point, stated as extra conjuncts ``0 <= i and i < n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from einscade.codegen.bind import eval_scalar
+from einscade.ir import ops
+from einscade.ir.cascade import Cascade, TensorDecl, size_symbol
+from einscade.ir.errors import BindError
+from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, conjoin, map_expr
+from einscade.ir.expr import accesses, names
+from einscade.ir.printer import print_expr
+from einscade.ir.scope import Scope
+from einscade.passes.analysis.intervals import Axes, LookupTable
+
+Sizes = dict[str, int]
+Params = dict[str, int | float]
+
+
+@dataclass(frozen=True, slots=True)
+class Mask:
+    """The mask predicate of a cascade between a query and a key rank.
+
+    ``predicate`` is None when every pair exists. ``*_axes`` are the grid axes (the rank
+    itself without a grid) and ``*_sizes`` their size symbols. ``lookups`` are the input
+    tensors the predicate reads; ``other_ranks`` the ranks besides query and key it reads
+    (bound by ``at`` in :meth:`bind`).
+    """
+
+    predicate: Expr | None
+    query: str
+    key: str
+    query_axes: tuple[str, ...]
+    key_axes: tuple[str, ...]
+    query_sizes: tuple[str, ...]
+    key_sizes: tuple[str, ...]
+    lookups: tuple[TensorDecl, ...]
+    other_ranks: tuple[str, ...]
+    cascade: Cascade = field(compare=False, repr=False)
+
+    def bind(
+        self,
+        sizes: Sizes | None = None,
+        params: Params | None = None,
+        lookups: dict[str, torch.Tensor] | None = None,
+        at: dict[str, int] | None = None,
+    ) -> BoundMask:
+        """Fix sizes (completed from size definitions, grids and lookup shapes), parameters
+        (defaults filled in), lookup tensors and the other ranks (``at``; a rank whose
+        lookup dimensions all have extent 1 defaults to 0)."""
+        lookups = dict(lookups or {})
+        for decl in self.lookups:
+            if decl.name not in lookups:
+                raise BindError(f"mask of @{self.cascade.name} reads {decl.name!r}; pass it")
+            if lookups[decl.name].dim() != len(decl.ranks):
+                raise BindError(
+                    f"lookup {decl.name!r} has {lookups[decl.name].dim()} dims, "
+                    f"@{self.cascade.name} declares [{', '.join(decl.ranks)}]"
+                )
+        sizes = _resolve_sizes(self, sizes or {}, lookups)
+        bound = _resolve_params(self, sizes, params or {})
+        constants: dict[str, int | float] = {**sizes, **bound, **self._other_ranks(at, lookups)}
+        predicate = None if self.predicate is None else _concrete(self, constants, lookups)
+        query = Axes(self.query, self.query_axes, tuple(sizes[s] for s in self.query_sizes))
+        key = Axes(self.key, self.key_axes, tuple(sizes[s] for s in self.key_sizes))
+        tables = {name: LookupTable(name, t) for name, t in lookups.items()}
+        return BoundMask(predicate, query, key, tables, lookups)
+
+    def evaluate_dense(
+        self,
+        sizes: Sizes | None = None,
+        params: Params | None = None,
+        lookups: dict[str, torch.Tensor] | None = None,
+        at: dict[str, int] | None = None,
+    ) -> torch.Tensor:
+        """``BoolTensor[P, M]``: every (query, key) pair, tokens in row-major order."""
+        return self.bind(sizes, params, lookups, at).evaluate_dense()
+
+    def _other_ranks(self, at: dict[str, int] | None, lookups: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+        at = dict(at or {})
+        for rank in self.other_ranks:
+            if rank in at:
+                continue
+            extents = [
+                lookups[d.name].shape[k] for d in self.lookups for k, r in enumerate(d.ranks)
+                if r == rank
+            ]  # fmt: skip
+            if extents and all(n == 1 for n in extents):
+                at[rank] = 0
+                continue
+            raise BindError(
+                f"the mask of @{self.cascade.name} reads rank {rank!r}; "
+                f"pass at={{{rank!r}: ...}} to pick one"
+            )
+        return at
+
+
+@dataclass(frozen=True, eq=False)
+class BoundMask:
+    """A mask with everything but the query and key coordinates fixed.
+
+    ``predicate`` reads only coordinates (``query.flat``, ``query.names``, and the same for
+    ``key``), numbers and the lookups in ``tables``.
+    """
+
+    predicate: Expr | None
+    query: Axes
+    key: Axes
+    tables: dict[str, LookupTable]
+    lookups: dict[str, torch.Tensor]
+
+    def evaluate(self, query_tokens: torch.Tensor, key_tokens: torch.Tensor) -> torch.Tensor:
+        """``BoolTensor[len(query_tokens), len(key_tokens)]`` for flat (row-major) tokens."""
+        env = _coordinates(self.query, query_tokens.reshape(-1, 1))
+        env.update(_coordinates(self.key, key_tokens.reshape(1, -1)))
+        shape = (query_tokens.numel(), key_tokens.numel())
+        if self.predicate is None:
+            return torch.ones(shape, dtype=torch.bool)
+        value = torch.as_tensor(_dense(self.predicate, env, self.lookups))
+        return value.to(torch.bool).expand(shape).contiguous()
+
+    def evaluate_dense(self) -> torch.Tensor:
+        """``BoolTensor[P, M]`` over all pairs (P * M memory: small cases and tests only)."""
+        num_q, num_k = _count(self.query), _count(self.key)
+        return self.evaluate(torch.arange(num_q), torch.arange(num_k))
+
+
+def _count(axes: Axes) -> int:
+    count = 1
+    for n in axes.extents:
+        count *= n
+    return count
+
+
+def _coordinates(axes: Axes, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    env = {axes.flat: tokens}
+    for name, extent, stride in zip(axes.names, axes.extents, axes.strides, strict=True):
+        env[name] = (tokens // stride) % extent
+    return env
+
+
+def attention_mask(cascade: Cascade, query: str = "p", key: str = "m") -> Mask:
+    """The conjunction of the predicates of every Einsum iterating both ``query`` and
+    ``key`` (grid axes mapped to their flat rank), lets expanded."""
+    scope = Scope(cascade)
+    for rank in (query, key):
+        if rank not in scope.ranks:
+            raise ValueError(f"attention_mask: @{cascade.name} has no rank {rank!r}")
+    found: list[Expr] = []
+    for stmt in cascade.einsums():
+        space = {scope.flat_rank(r) for r in scope.iteration_ranks(stmt)}
+        if stmt.predicate is None or query not in space or key not in space:
+            continue
+        predicate = scope.expand(stmt.predicate)
+        if predicate not in found:
+            found.append(predicate)
+    predicate = conjoin(*found)
+    query_axes, key_axes = scope.grids.get(query, (query,)), scope.grids.get(key, (key,))
+    read = [] if predicate is None else [a.tensor for a in accesses(predicate)]
+    lookups = []
+    for name in dict.fromkeys(read):
+        decl = cascade.input(name)
+        if decl is None:
+            raise ValueError(f"attention_mask: the mask of @{cascade.name} reads {name!r}, "
+                             "which is not an input")  # fmt: skip
+        lookups.append(decl)
+    coordinates = {query, key, *query_axes, *key_axes}
+    used = set() if predicate is None else names(predicate)
+    others = sorted(n for n in used if n in scope.ranks and n not in coordinates)
+    return Mask(
+        predicate,
+        query,
+        key,
+        tuple(query_axes),
+        tuple(key_axes),
+        tuple(size_symbol(a) for a in query_axes),
+        tuple(size_symbol(a) for a in key_axes),
+        tuple(lookups),
+        tuple(others),
+        cascade,
+    )
+
+
+# -- binding -----------------------------------------------------------------------------
+
+
+def _resolve_sizes(mask: Mask, given: Sizes, lookups: dict[str, torch.Tensor]) -> Sizes:
+    """Given sizes, then lookup shapes, size definitions (those computable) and grids."""
+    sizes = dict(given)
+    for decl in mask.lookups:
+        for rank, extent in zip(decl.ranks, lookups[decl.name].shape, strict=True):
+            if extent != 1:
+                sizes.setdefault(size_symbol(rank), int(extent))
+    for size in mask.cascade.sizes:
+        try:
+            value = int(eval_scalar(size.value, dict(sizes)))
+        except BindError:
+            continue  # a size the mask may not need (``G = H // HK``)
+        if sizes.setdefault(size.name, value) != value:
+            raise BindError(f"size {size.name} = {value} by its definition but {sizes[size.name]}"
+                            " was given")  # fmt: skip
+    for grid in mask.cascade.grids:
+        axes = [size_symbol(a) for a in grid.axes]
+        if all(a in sizes for a in axes):
+            product = 1
+            for a in axes:
+                product *= sizes[a]
+            sizes.setdefault(size_symbol(grid.rank), product)
+    needed = [(s, a, "query") for s, a in zip(mask.query_sizes, mask.query_axes, strict=True)]
+    needed += [(s, a, "key") for s, a in zip(mask.key_sizes, mask.key_axes, strict=True)]
+    for symbol, axis, side in needed:
+        if symbol not in sizes:
+            raise BindError(f"size {symbol} of {side} axis {axis!r} of @{mask.cascade.name} is "
+                            f"unknown; pass sizes={{{symbol!r}: ...}}")  # fmt: skip
+    return sizes
+
+
+def _resolve_params(mask: Mask, sizes: Sizes, given: Params) -> Params:
+    declared = {p.name: p for p in mask.cascade.params}
+    for name in given:
+        if name not in declared:
+            raise BindError(f"@{mask.cascade.name} has no parameter {name!r}")
+    env: dict[str, int | float] = dict(sizes)
+    params: Params = {}
+    for param in mask.cascade.params:
+        if param.name in given:
+            value = given[param.name]
+        elif param.default is not None:
+            try:
+                value = eval_scalar(param.default, env)
+            except BindError:
+                continue  # e.g. ``scale = 1 / sqrt(E)``: not the mask's business
+        else:
+            continue
+        value = int(value) if param.kind == "int" else float(value)
+        params[param.name] = env[param.name] = value
+    used = set() if mask.predicate is None else names(mask.predicate)
+    for name in sorted(used & set(declared) - set(params)):
+        raise BindError(f"the mask of @{mask.cascade.name} reads parameter {name!r}; "
+                        f"pass params={{{name!r}: ...}}")  # fmt: skip
+    return params
+
+
+def _concrete(mask: Mask, constants: dict[str, int | float], lookups) -> Expr:  # type: ignore[no-untyped-def]
+    """The predicate over coordinates only: constants substituted and folded, broadcast
+    lookup indices set to 0, range conjuncts for reads that may leave the tensor."""
+    assert mask.predicate is not None
+    decls = {d.name: d for d in mask.lookups}
+    coordinate_extent = dict(zip(mask.query_axes, _extents(mask.query_sizes, constants)))
+    coordinate_extent.update(zip(mask.key_axes, _extents(mask.key_sizes, constants)))
+    coordinate_extent[mask.query] = constants[size_symbol(mask.query)]
+    coordinate_extent[mask.key] = constants[size_symbol(mask.key)]
+    ranges: list[Expr] = []
+
+    def rewrite(node: Expr) -> Expr | None:
+        if isinstance(node, Name) and node.id in constants:
+            return Num(constants[node.id])
+        if isinstance(node, Access):
+            return _read(node, decls[node.tensor], lookups[node.tensor], constants, ranges,
+                         coordinate_extent)  # fmt: skip
+        return _fold(node)
+
+    predicate = map_expr(mask.predicate, rewrite)
+    return conjoin(predicate, *dict.fromkeys(ranges))  # type: ignore[return-value]
+
+
+def _extents(symbols: tuple[str, ...], constants: dict[str, int | float]) -> list[int]:
+    return [int(constants[s]) for s in symbols]
+
+
+def _read(node, decl, tensor, constants, ranges, coordinate_extent) -> Access:  # type: ignore[no-untyped-def]
+    """A lookup read: broadcast dims read index 0; others may need a range conjunct."""
+    indices: list[Expr] = []
+    for dim, index in enumerate(node.indices):
+        extent = int(tensor.shape[dim])
+        if extent == 1 and constants.get(size_symbol(decl.ranks[dim]), 1) != 1:
+            indices.append(Num(0))
+            continue
+        indices.append(index)
+        if isinstance(index, Num) and 0 <= index.value < extent:
+            continue
+        if isinstance(index, Name) and coordinate_extent.get(index.id, extent + 1) <= extent:
+            continue
+        ranges.append(Binary("<=", Num(0), index))
+        ranges.append(Binary("<", index, Num(extent)))
+    return Access(node.tensor, tuple(indices), node.loc)
+
+
+_FOLDED = ("+", "-", "*")
+
+
+def _fold(node: Expr) -> Expr | None:
+    """Fold integer arithmetic on literals (``8 // 2`` -> ``4``) so the interval rules see
+    constant divisors."""
+    match node:
+        case Binary(op=op, lhs=Num(value=int()), rhs=Num(value=int())) if op in _FOLDED:
+            return Num(eval_scalar(node, {}))
+        case Binary(op="//" | "%", lhs=Num(value=int()), rhs=Num(value=int() as b)) if b != 0:
+            return Num(eval_scalar(node, {}))
+        case Unary(op="-", operand=Num(value=v)):
+            return Num(-v)
+        case Call(fn="min" | "max" | "abs", args=args) if all(isinstance(a, Num) for a in args):
+            return Num(eval_scalar(node, {}))
+    return None
+
+
+# -- dense evaluation --------------------------------------------------------------------
+
+_TORCH_BINARY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "//": lambda a, b: a // b,
+    "%": lambda a, b: a % b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "and": lambda a, b: torch.as_tensor(a) & torch.as_tensor(b),
+    "or": lambda a, b: torch.as_tensor(a) | torch.as_tensor(b),
+}
+
+
+def _dense(expr: Expr, env: dict[str, torch.Tensor], lookups: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+    """Evaluate a bound predicate by broadcasting (IR semantics: floor ``//``, Python ``%``)."""
+    match expr:
+        case Num(value=v):
+            return v
+        case Name(id=name):
+            return env[name]
+        case Unary(op="not", operand=x):
+            return ~torch.as_tensor(_dense(x, env, lookups))
+        case Unary(op="-", operand=x):
+            return -_dense(x, env, lookups)
+        case Binary(op=op, lhs=a, rhs=b) if op in _TORCH_BINARY:
+            return _TORCH_BINARY[op](_dense(a, env, lookups), _dense(b, env, lookups))
+        case Call(fn="min" | "max" as fn, args=(a, b)):
+            ta, tb = (
+                torch.as_tensor(_dense(a, env, lookups)),
+                torch.as_tensor(_dense(b, env, lookups)),
+            )
+            return torch.minimum(ta, tb) if fn == "min" else torch.maximum(ta, tb)
+        case Call(fn="abs", args=(a,)):
+            return torch.as_tensor(_dense(a, env, lookups)).abs()
+        case Access(tensor=name, indices=indices):
+            table = lookups[name]
+            gathers = [
+                torch.as_tensor(_dense(i, env, lookups)).clamp(0, n - 1)
+                for i, n in zip(indices, table.shape, strict=True)
+            ]  # out-of-range reads are clamped here and masked by the range conjuncts
+            return table[tuple(gathers)]
+    raise ValueError(f"mask predicate: cannot evaluate {print_expr(expr)!r} (ops: "
+                     f"{sorted(ops.INDEX_FUNCTIONS)} and integer arithmetic)")  # fmt: skip
