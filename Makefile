@@ -59,6 +59,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: venv
 	$(BIN)/einscade show neighborhood_2d --grid 56x56 --kernel 7x7
+	$(BIN)/einscade opt neighborhood_2d --grid 56x56 --kernel 7x7 \
+		--pipeline 'defer-div,online-softmax,tile{p=8x16,m=64},dce'
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

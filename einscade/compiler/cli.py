@@ -157,6 +157,10 @@ def optimize(args: argparse.Namespace, rest: list[str]) -> str:
     except EinscadeError as error:
         # Located errors add the source line and a caret; the first line names the place.
         raise EinscadeError(str(error).splitlines()[0]) from error
+    rank = softmax_rank(cascade)
+    if rank is not None:
+        before, after = pass_count(cascade, rank).passes, pass_count(result.cascade, rank).passes
+        print(f"# {spec}: passes over {rank}: {before} -> {after}", file=sys.stderr)
     return print_cascade(result.cascade)
 
 

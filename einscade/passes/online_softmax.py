@@ -108,6 +108,9 @@ class OnlineForm:
             rank, r1, r0, coordinate,
             row_major_axes(self.scope.grids.get(rank, ()), coordinate), frozenset(self.maps),
         )  # fmt: skip
+        self.axis_lets: tuple[Let, ...] = ()
+        if not self.axes_used_outside():
+            self.split, self.axis_lets = self.split.with_axis_lets()
         self.corrections: dict[str, tuple[str, Einsum]] = {}
 
     # -- analysis ------------------------------------------------------------------------
@@ -176,6 +179,13 @@ class OnlineForm:
         )
 
     # -- rewriting expressions -----------------------------------------------------------
+    def axes_used_outside(self) -> bool:
+        """Whether a statement left outside the loop reads a grid axis of the rank (then the
+        axes cannot become lets of the loop's ranks)."""
+        axes = set(self.scope.grids.get(self.rank, ()))
+        outside = [s for s in self.cascade.einsums() if s not in self.walking]
+        return any(axes & self.scope.ranks_in(part) for s in outside for part in _parts(s))
+
     def running_read(self, access: Access, split: RankSplit) -> Expr | None:
         """Inside the loop a finished reduction is read as its running value so far."""
         if access.tensor not in self.reductions:
@@ -321,7 +331,8 @@ class OnlineForm:
             body=tuple(before + [block] + self.finals(after) + after),
             sizes=self.cascade.sizes + self.tile_sizes(),
             grids=tuple(g for g in self.cascade.grids if g.rank != self.rank),
-            lets=tuple(Let(let.name, self.retile(let.value), let.loc) for let in self.cascade.lets),
+            lets=self.axis_lets
+            + tuple(Let(let.name, self.retile(let.value), let.loc) for let in self.cascade.lets),
         )
 
     def split_rest(self) -> tuple[list[Statement], list[Statement]]:
@@ -356,6 +367,10 @@ class OnlineForm:
         extent = Name(size_symbol(self.rank))
         count = Binary("//", Binary("-", Binary("+", extent, Name(r0)), Num(1)), Name(r0))
         return (SizeDef(r0, Num(self.block)), SizeDef(r1, count))
+
+
+def _parts(stmt: Einsum) -> list[Expr]:
+    return [stmt.value, *stmt.indices] + ([stmt.predicate] if stmt.predicate is not None else [])
 
 
 def _einsums(stmt: Statement) -> tuple[Einsum, ...]:

@@ -9,9 +9,9 @@ by that axis's value, and the ``m`` dimension of each split tensor by the two di
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from einscade.ir.cascade import size_symbol
+from einscade.ir.cascade import Let, size_symbol
 from einscade.ir.expr import Access, Binary, Call, Expr, Name, Unary, names
 
 Hook = Callable[[Access, "RankSplit"], Expr | None]
@@ -84,6 +84,12 @@ class RankSplit:
             else:
                 result.append(self.expr(index, hook))
         return tuple(result)
+
+    def with_axis_lets(self) -> tuple[RankSplit, tuple[Let, ...]]:
+        """Keep grid-axis names readable: define each axis as a ``let`` of the new ranks
+        (``let mx = (m1 * M0 + m0) // MY``) instead of substituting its formula."""
+        lets = tuple(Let(axis, value) for axis, value in self.axis_values.items())
+        return replace(self, axis_values={}), lets
 
     def reads_inner(self, expr: Expr) -> bool:
         """Whether some read in ``expr`` is indexed by the inner rank (so tails fall out)."""

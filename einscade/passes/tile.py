@@ -91,7 +91,7 @@ def _plan_query(cascade: Cascade, rank: str, tile: tuple[int, ...], taken: set[s
         a: Binary("+", Binary("*", t, b), o)
         for a, t, b, o in zip(axes, tile_index, box, offset, strict=True)
     }
-    coordinate = _horner([axis_values[a] for a in axes], extents)
+    coordinate = _horner([Name(a) for a in axes], extents)  # the axes become lets
     flat_axes = row_major_axes(axes, Name(rank))
     inverse = (
         _horner([Binary("//", flat_axes[a], b) for a, b in zip(axes, box, strict=True)], counts),
@@ -130,7 +130,7 @@ class _Tiler:
         carried = frozenset(
             t for t, info in self.scope.tensors.items() if rank in info.ranks and not info.is_input
         )
-        self.split = replace(self.plan.split, split=carried)
+        self.split, self.axis_lets = replace(self.plan.split, split=carried).with_axis_lets()
         self.renamed = {t: fresh_name(t + "T", taken) for t in cascade.outputs if t in carried}
 
     def einsum(self, stmt: Einsum) -> Einsum:
@@ -166,7 +166,8 @@ class _Tiler:
             body=body,
             sizes=self.cascade.sizes + self.plan.sizes,
             grids=tuple(g for g in self.cascade.grids if g.rank != self.rank),
-            lets=tuple(Let(x.name, self.split.expr(x.value), x.loc) for x in self.cascade.lets),
+            lets=self.axis_lets
+            + tuple(Let(x.name, self.split.expr(x.value), x.loc) for x in self.cascade.lets),
         )
 
 
