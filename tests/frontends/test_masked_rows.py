@@ -7,25 +7,12 @@ attention) to the first statement that walks both the query rank and the key ran
 from dataclasses import replace
 
 import pytest
-import torch
 
 from einscade.codegen.reference import reference
 from einscade.frontends.library import BUILTINS
 from einscade.ir import Binary, Iterate, Name, Num, Scope, verify
 from einscade.ir.expr import conjoin
-
-OVERRIDES = {
-    "neighborhood_1d": {"grid": (12,), "kernel": (5,)},
-    "neighborhood_2d": {"grid": (4, 3), "kernel": (3, 3)},
-    "neighborhood_3d": {"grid": (2, 3, 2), "kernel": (1, 3, 1)},
-    "halo": {"grid": (4, 3), "block": 2, "halo": 1},
-    "maxvit_block": {"grid": (2, 6), "size": 2},
-    "maxvit_grid": {"grid": (2, 6), "size": 2},
-    "sliding_window": {"window": (3, 0), "sinks": 1},
-    "agent": {"n_agents": 3},
-}
-EXTENTS = {"b": 1, "h": 2, "hk": 2, "p": 12, "m": 12, "e": 4, "f": 3, "a": 3, "l": 12,
-           "n": 12, "c": 4, "d": 4}  # fmt: skip
+from tests.small_builtins import small, small_inputs
 
 
 def _mask_first_row(cascade, query_rank, key_rank):
@@ -50,18 +37,11 @@ KEY_RANK = {"channel": ("c", "d"), "agent": ("p", "a")}
 
 @pytest.mark.parametrize("name", sorted(set(BUILTINS) - UNMASKED))
 def test_fully_masked_query_row_is_zero(name):
-    cascade = BUILTINS[name].build(**OVERRIDES.get(name, {}))
+    cascade = small(name)
     query, key = KEY_RANK.get(name, ("p", "m"))
     masked = _mask_first_row(cascade, query, key)
     assert masked is not None, "no statement walks both the query and the key rank"
-    g = torch.Generator().manual_seed(0)
-    tensors = {}
-    for decl in cascade.inputs:
-        shape = [EXTENTS[r] for r in decl.ranks]
-        if decl.name == "doc":
-            tensors[decl.name] = torch.zeros(shape, dtype=torch.long)
-        else:
-            tensors[decl.name] = torch.rand(*shape, generator=g, dtype=torch.float64) + 0.1
+    tensors = small_inputs(cascade)
     out = reference(masked, **tensors)
     assert not out.isnan().any()
     query_axis = Scope(masked).tensors["AV"].ranks.index(query)

@@ -8,7 +8,7 @@ from einscade.compiler.pipeline import run_pipeline
 from einscade.frontends.library import BUILTINS
 from einscade.ir import EinscadeError, load, print_cascade
 from einscade.passes.tile import Tile
-from tests.compiler.test_default_pipeline import SMALL, _inputs
+from tests.small_builtins import small, small_inputs
 
 FUSE = "defer-div,online-softmax"
 CASES = [
@@ -30,9 +30,9 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "spec"), CASES, ids=[c[0] for c in CASES])
 def test_tiling_keeps_the_numbers(name, spec):
-    cascade = BUILTINS[name].build(**SMALL.get(name, {}))
+    cascade = small(name)
     tiled = run_pipeline(cascade, spec, debug=0, dump_dir="").cascade
-    tensors = _inputs(cascade)
+    tensors = small_inputs(cascade)
     torch.testing.assert_close(
         reference(tiled, **tensors), reference(cascade, **tensors), rtol=1e-11, atol=1e-11
     )
