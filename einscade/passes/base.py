@@ -66,7 +66,11 @@ class Pass:
 
     def spec(self) -> str:
         """This pass as a spec-string item; ``from_options`` reads it back."""
-        values = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)]
+        values = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        ]
         return self.name + (f"{{{','.join(values)}}}" if values else "")
 
 

@@ -113,7 +113,8 @@ class BlockLayout:
     def work_per_query_tile(self) -> tuple[int, ...]:
         """Computed elements (padding included) of each query tile, in tile order."""
         return tuple(
-            self.query_size(i) * sum(t.size for t in tiles) for i, tiles in enumerate(self.key_tiles)
+            self.query_size(i) * sum(t.size for t in tiles)
+            for i, tiles in enumerate(self.key_tiles)
         )
 
     def tile_work(self) -> Iterator[tuple[int, KeyTile, int]]:

@@ -435,10 +435,10 @@ def _comparison_plan(op: str, a: Expr, b: Expr, ctx: _RegionContext) -> RegionFn
     uses = [n for n in walk(Binary(op, a, b)) if isinstance(n, Name) and n.id in keys]
     if len(uses) == 1 and op != "!=":
         side, other = (a, b) if names(a) & keys else (b, a)
-        op = op if side is a else _FLIPPED[op]
+        side_op = op if side is a else _FLIPPED[op]
         chain = _isolate(side, keys)
         if chain is not None:
-            return _chain_plan(op, side, other, chain, ctx)
+            return _chain_plan(side_op, side, other, chain, ctx)
         if op == "==" and isinstance(side, Access):
             found = _lookup_plan(side, other, ctx)
             if found is not None:
