@@ -38,9 +38,10 @@ _OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPTION_VALUE = re.compile(r"[^,{}=\s]+")
 
 
-# What `einscade opt` and the compiler run when no pipeline is given: fuse to one pass,
-# then drop what the rewrites left unread.
-DEFAULT_PIPELINE = "defer-div,online-softmax,dce"
+# What `einscade opt` and the compiler run when no pipeline is given: reassociate linear
+# attention, chunk its recurrence, fuse softmax stages to one pass, drop what is unread.
+# chunk-linear runs before online-softmax so that it only sees the builders' recurrences.
+DEFAULT_PIPELINE = "defer-div,associate,chunk-linear,online-softmax,dce"
 
 
 class _SpecReader:

@@ -5,6 +5,8 @@ pass module must be imported here: add one line per module to the list below.
 """
 
 from einscade.passes import (  # noqa: F401  (imported for their @register side effect)
+    associate,
+    chunk_linear,
     dce,
     defer_div,
     online_softmax,
