@@ -1,0 +1,198 @@
+"""``einscade onnx inspect`` and ``einscade onnx rewrite``: load, find, rewrite, validate, write.
+
+The output is written atomically: into a fresh temporary folder beside it, validated there,
+then moved with ``os.replace`` (data file first, model last). On any failure the temporary
+folder is removed and nothing else is touched; the input is only ever read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx_ir as ir
+from rich.console import Console
+
+from einscade.frontends.onnx.errors import OnnxModelError
+from einscade.frontends.onnx.load import LoadedModel, load_model
+from einscade.frontends.onnx.report import (
+    op_counts,
+    print_inspection,
+    print_rewrite_report,
+    summary_line,
+)
+from einscade.frontends.onnx.rewrite import (
+    ATTENTION_OPSET,
+    Decision,
+    expressible,
+    raise_opset,
+    rewrite_sites,
+)
+from einscade.frontends.onnx.sites import Discovery, find_sites
+from einscade.frontends.onnx.validate import (
+    Comparison,
+    check_site_shapes,
+    checker_error,
+    compare,
+)
+from einscade.ir.errors import EinscadeError
+
+# Protobuf cannot serialize 2 GiB; keep a margin for the graph itself.
+_EMBED_LIMIT = 1_800_000_000
+# Tensors up to this size stay in the model file (shape inference reads Reshape shapes there).
+_INLINE = 1024
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    out: Path
+    decisions: tuple[Decision, ...]
+    comparison: Comparison
+    notes: tuple[str, ...]
+
+
+def inspect_model(path: str | os.PathLike, console: Console) -> Discovery:
+    """Print the sites of the model at ``path`` with their cascades; return them."""
+    loaded = load_model(path)
+    found = find_sites(loaded.model)
+    print_inspection(loaded.path, loaded.model, found, console)
+    for note in loaded.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    return found
+
+
+def rewrite_model(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    mode: str = "function",
+    *,
+    report: bool = False,
+    console: Console | None = None,
+) -> RewriteResult:
+    """Rewrite the attention sites of ``source`` in ``mode`` and write ``out`` if it validates."""
+    if mode == "ort":
+        raise OnnxModelError(
+            "--to ort (com.microsoft MultiHeadAttention/GroupQueryAttention) is not implemented "
+            "yet; use --to function or --to onnx-attention"
+        )
+    source, out = Path(source), Path(out)
+    _check_output_path(source, out)
+    loaded = load_model(source)
+    before = op_counts(loaded.model)
+    model, decisions, notes = _rewrite_in_memory(loaded.model, mode)
+    after = op_counts(model)
+    comparison = _write_validated(loaded, model, out, decisions)
+    result = RewriteResult(out, decisions, comparison, (*loaded.notes, *notes))
+    if console is not None:
+        if report:
+            print_rewrite_report(before, after, decisions, comparison, console)
+        for note in result.notes:
+            console.print(f"note: {note}", highlight=False, markup=False)
+        console.print(summary_line(out, decisions, comparison), highlight=False, markup=False)
+    return result
+
+
+def _check_output_path(source: Path, out: Path) -> None:
+    if out.resolve() == source.resolve() or (out.exists() and out.samefile(source)):
+        raise OnnxModelError(f"{out}: the output would overwrite the input model")
+    if not out.parent.is_dir():
+        raise OnnxModelError(f"{out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise OnnxModelError(f"{out}: is a folder")
+
+
+def _rewrite_in_memory(model: ir.Model, mode: str) -> tuple[ir.Model, tuple[Decision, ...], list]:
+    """The model to write (rewritten in place, or a converted copy), decisions, notes."""
+    found = find_sites(model)
+    if mode == "function" or not any(expressible(s) for s in found.sites):
+        return model, rewrite_sites(model, found.sites, mode), []
+    # Attention needs opset 23; convert a copy so a failed conversion leaves nothing behind.
+    converted, blocked = raise_opset(model)
+    if blocked is not None:
+        return model, tuple(Decision(s, False, "kept", blocked) for s in found.sites), [blocked]
+    notes = [] if converted is model else [f"opset converted to {ATTENTION_OPSET}"]
+    found = find_sites(converted) if converted is not model else found
+    return converted, rewrite_sites(converted, found.sites, mode), notes
+
+
+def _write_validated(loaded: LoadedModel, model: ir.Model, out: Path, decisions) -> Comparison:
+    """Save into a temporary folder beside ``out``, validate, then move into place."""
+    data_name = _data_file_name(loaded, out)
+    rewritten = tuple(d.site for d in decisions if d.rewritten)
+    sites = tuple(d.site for d in decisions)
+    folder = Path(tempfile.mkdtemp(prefix=".einscade-", dir=out.parent))
+    try:
+        staged = folder / out.name
+        try:
+            _inline_small_external_tensors(model)
+            ir.save(model, staged, external_data=data_name, size_threshold_bytes=_INLINE)
+        except Exception as error:
+            raise OnnxModelError(f"{out}: cannot serialize the rewritten model: {error}") from error
+        _check_with_onnx(staged, loaded.path)
+        check_site_shapes(staged, rewritten)
+        comparison = compare(loaded.path, model, staged, sites)
+        if data_name is not None:
+            os.replace(folder / data_name, out.parent / data_name)
+        os.replace(staged, out)
+        return comparison
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _inline_small_external_tensors(model: ir.Model) -> None:
+    """Read small external tensors into memory: ``ir.save`` would otherwise keep their old,
+    input-relative locations (it only moves tensors above its threshold)."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= _INLINE:
+            value.const_value = ir.tensor(tensor.numpy(), name=tensor.name)
+    graphs = [model.graph, *model.functions.values()]
+    for node in (n for g in graphs for n in ir.traversal.RecursiveGraphIterator(g)):
+        for attr in node.attributes.values():
+            if not attr.is_ref() and isinstance(attr.value, ir.ExternalTensor):
+                tensor = attr.value
+                node.attributes[attr.name] = ir.AttrTensor(attr.name, ir.tensor(tensor.numpy()))
+
+
+def _data_file_name(loaded: LoadedModel, out: Path) -> str | None:
+    """A fresh external data file for outputs of models that had one or are too large."""
+    size = sum(
+        v.const_value.nbytes for v in loaded.model.graph.initializers.values() if v.const_value
+    )
+    if not loaded.data_files and size < _EMBED_LIMIT:
+        return None
+    name = f"{out.name}.data"
+    if (out.parent / name).resolve() in loaded.data_files:
+        raise OnnxModelError(f"{out}: its data file {name} is the input's data file")
+    return name
+
+
+def _check_with_onnx(staged: Path, source: Path) -> None:
+    """The checker must accept the output unless it rejects the input as well."""
+    error = checker_error(staged)
+    if error is not None and checker_error(source) is None:
+        raise OnnxModelError(f"the onnx checker rejects the rewritten model: {error}")
+
+
+def run_cli(args: argparse.Namespace, rest: list[str], console: Console) -> None:
+    """The ``einscade onnx`` verbs; every failure becomes a one-line :class:`OnnxModelError`."""
+    if rest:
+        raise OnnxModelError(f"unexpected arguments {' '.join(rest)}")
+    try:
+        if args.onnx_command == "inspect":
+            inspect_model(args.model, console)
+        else:
+            rewrite_model(args.model, args.output, args.to, report=args.report, console=console)
+    except (EinscadeError, OSError):
+        raise
+    except Exception as error:  # a bug or a library failure: still one line, no traceback
+        if os.environ.get("EINSCADE_DEBUG"):
+            raise
+        text = " ".join(str(error).split())[:300]
+        raise OnnxModelError(
+            f"{args.model}: {type(error).__name__}: {text} (EINSCADE_DEBUG=1 shows a traceback)"
+        ) from error

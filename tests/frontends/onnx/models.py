@@ -1,0 +1,177 @@
+"""Tiny models for the ONNX frontend tests: torch modules exported here, and hand-built graphs."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto
+
+TOKENS, HEADS, DIM = 6, 2, 16
+
+
+class HandAttention(torch.nn.Module):
+    """``q @ k^T * s + mask -> softmax -> @ v`` written out, heads split from one Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(DIM, 3 * DIM)
+        self.register_buffer("mask", torch.triu(torch.full((TOKENS, TOKENS), -1e4), 1))
+
+    def forward(self, x):
+        batch = x.shape[0]
+        q, k, v = self.qkv(x).reshape(batch, TOKENS, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) * 0.35 + self.mask
+        out = scores.softmax(-1) @ v
+        return out.transpose(1, 2).reshape(batch, TOKENS, DIM)
+
+
+class TwoSdpa(torch.nn.Module):
+    """Two SDPA calls: a boolean mask input; causal grouped-query (4 query, 2 KV heads)."""
+
+    def forward(self, q, k, v, mask):
+        masked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        causal = F.scaled_dot_product_attention(
+            q, k[:, :2], v[:, :2], is_causal=True, enable_gqa=True
+        )
+        return masked + causal
+
+
+def hand_inputs() -> tuple[torch.Tensor]:
+    return (torch.randn(2, TOKENS, DIM),)
+
+
+def sdpa_inputs() -> tuple[torch.Tensor, ...]:
+    q, k, v = (torch.randn(1, 4, TOKENS, 8) for _ in range(3))
+    return q, k, v, torch.rand(TOKENS, TOKENS) > 0.3
+
+
+def export(module, args, path: Path, *, opset: int, dynamo: bool) -> Path:
+    """torch.onnx.export in eval mode, warnings silenced (the legacy exporter is deprecated)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), args, str(path), dynamo=dynamo, opset_version=opset, verbose=False
+        )
+    return path
+
+
+# -- hand-built graphs -----------------------------------------------------------------------
+
+
+def chain_model(
+    names: dict[str, str] | None = None,
+    *,
+    softmax_axis: int = -1,
+    expose_weights: bool = False,
+    scale_shape: tuple[int, ...] = (),
+    scale_input: bool = False,
+) -> onnx.ModelProto:
+    """The decomposed chain on inputs [B, 2, N, 8] (B and N symbolic), opset 18; the scale
+    is an initializer of ``scale_shape`` or, with ``scale_input``, a scalar graph input."""
+    n = {k: k for k in ("q", "k", "v", "mask", "kt", "s", "scale", "ss", "sm", "w", "out")}
+    n.update(names or {})
+    qkv = ["B", 2, "N", 8]
+    inputs = [oh.make_tensor_value_info(n[x], TensorProto.FLOAT, qkv) for x in "qkv"]
+    inputs.append(oh.make_tensor_value_info(n["mask"], TensorProto.FLOAT, ["N", "N"]))
+    scale = oh.make_tensor(n["scale"], TensorProto.FLOAT, scale_shape,
+                           np.full(scale_shape, 0.35, np.float32).reshape(-1).tolist())  # fmt: skip
+    nodes = [
+        oh.make_node("Transpose", [n["k"]], [n["kt"]], perm=[0, 1, 3, 2], name=f"{n['kt']} node"),
+        oh.make_node("MatMul", [n["q"], n["kt"]], [n["s"]], name=f"{n['s']} node"),
+        oh.make_node("Mul", [n["s"], n["scale"]], [n["ss"]], name=f"{n['ss']} node"),
+        oh.make_node("Add", [n["ss"], n["mask"]], [n["sm"]], name=f"{n['sm']} node"),
+        oh.make_node("Softmax", [n["sm"]], [n["w"]], axis=softmax_axis, name=f"{n['w']} node"),
+        oh.make_node("MatMul", [n["w"], n["v"]], [n["out"]], name=f"{n['out']} node"),
+    ]
+    outputs = [oh.make_tensor_value_info(n["out"], TensorProto.FLOAT, qkv)]
+    if expose_weights:
+        outputs.append(oh.make_tensor_value_info(n["w"], TensorProto.FLOAT, ["B", 2, "N", "N"]))
+    if scale_input:
+        inputs.append(oh.make_tensor_value_info(n["scale"], TensorProto.FLOAT, []))
+    initializers = [] if scale_input else [scale]
+    graph = oh.make_graph(nodes, "chain", inputs, outputs, initializer=initializers)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
+
+
+def attention_3d_model() -> onnx.ModelProto:
+    """One standard Attention op on 3-D inputs: 4 query heads, 2 KV heads, causal."""
+    q = oh.make_tensor_value_info("q", TensorProto.FLOAT, [1, TOKENS, 4 * 8])
+    kv = [oh.make_tensor_value_info(x, TensorProto.FLOAT, [1, TOKENS, 2 * 8]) for x in "kv"]
+    out = oh.make_tensor_value_info("out", TensorProto.FLOAT, [1, TOKENS, 4 * 8])
+    node = oh.make_node("Attention", ["q", "k", "v"], ["out"], name="attention",
+                        q_num_heads=4, kv_num_heads=2, is_causal=1, scale=0.25)  # fmt: skip
+    graph = oh.make_graph([node], "attention_3d", [q, *kv], [out])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 23)], ir_version=10)
+
+
+def kv_cache_attention_model() -> onnx.ModelProto:
+    """A causal Attention op with past_key/past_value whose present outputs are graph outputs."""
+    shape = {"q": [1, 2, 1, 8], "k": [1, 2, 1, 8], "v": [1, 2, 1, 8],
+             "past_k": [1, 2, 5, 8], "past_v": [1, 2, 5, 8]}  # fmt: skip
+    inputs = [oh.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shape.items()]
+    outputs = [oh.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 1, 8]),
+               oh.make_tensor_value_info("present_k", TensorProto.FLOAT, [1, 2, 6, 8]),
+               oh.make_tensor_value_info("present_v", TensorProto.FLOAT, [1, 2, 6, 8])]  # fmt: skip
+    node = oh.make_node("Attention", ["q", "k", "v", "", "past_k", "past_v"],
+                        ["out", "present_k", "present_v"], name="decode", is_causal=1)  # fmt: skip
+    graph = oh.make_graph([node], "decode", inputs, outputs)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 23)], ir_version=10)
+
+
+def externalize(model: onnx.ModelProto, name: str, location: str) -> onnx.ModelProto:
+    """Point initializer ``name`` at external data ``location`` (its bytes are not written)."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            array = onnx.numpy_helper.to_array(tensor)
+            tensor.ClearField("float_data")
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (("location", location), ("offset", "0"),
+                               ("length", str(array.nbytes))):  # fmt: skip
+                tensor.external_data.add(key=key, value=value)
+            return model
+    raise KeyError(name)
+
+
+# -- running and fingerprinting --------------------------------------------------------------
+
+
+def run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """onnxruntime outputs of the model file at ``path`` (external data beside it)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def feeds_for(path: Path, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random feeds for the inputs of ``path``; symbolic dims are 3, bools mostly True."""
+    rng = np.random.default_rng(seed)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [d if isinstance(d, int) else 3 for d in value.shape]
+        if value.type == "tensor(bool)":
+            feeds[value.name] = rng.random(shape) < 0.8
+        elif value.type == "tensor(int64)":
+            feeds[value.name] = rng.integers(0, 2, size=shape)
+        else:
+            feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``: proves inputs untouched, nothing else written."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
