@@ -6,9 +6,10 @@ row-major order of their origins, tails clipped) or, with one extent on a multi-
 ranges of row-major tokens (FlexAttention's 1-D blocks). Key tiles depend on ``key_mode``:
 
 - ``"grid"``: the fixed grid of key tiles of shape ``key_tile`` (boxes or token ranges, the
-  same way). The key region of a query tile (:meth:`BoxEvaluator.key_region`) names the
-  candidate tiles directly and only those are classified: the cost grows with the visited
-  tiles, never with P * M.
+  same way). The key region of a query tile (:meth:`BoxEvaluator.key_region`) names blocks
+  of candidate tiles directly; a block is judged whole first (TRUE or FALSE holds for all
+  its tiles, so a run of full or empty tiles costs one evaluation) and halved otherwise.
+  The cost grows with the visited tiles, never with P * M.
 - ``"box"``: one key box per query tile, the bounding box of its key region with the
   innermost extent padded up to a multiple of ``pad`` (kept inside the grid). Boxes of a
   union (an ``or``, e.g. attention sinks ``m < sinks``) stay separate small tiles as long as
@@ -32,16 +33,17 @@ import torch
 from einscade.passes.analysis.intervals import (
     FALSE,
     TRUE,
-    Axes,
+    UNKNOWN,
     Box,
     BoxEvaluator,
     Interval,
     hull,
     intersect_box,
 )
-from einscade.passes.analysis.masks import BoundMask, Mask, Params, Sizes
+from einscade.passes.analysis.masks import Axes, BoundMask, Mask, Params, Sizes
 
 KEY_MODES = ("grid", "box")
+Block = tuple[tuple[int, int], ...]  # a range of tile coordinates per tiled dimension
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,17 +191,12 @@ class _Tiling:
         return len(self.grid) != len(self.axes)
 
     def origins(self) -> Iterator[tuple[int, ...]]:
-        return itertools.product(*(range(0, g, t) for g, t in zip(self.grid, self.tile)))
+        return itertools.product(
+            *(range(0, g, t) for g, t in zip(self.grid, self.tile, strict=True))
+        )
 
     def shape(self, origin: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(min(t, g - o) for o, t, g in zip(origin, self.tile, self.grid, strict=True))
-
-    def origin_of(self, index: int) -> tuple[int, ...]:
-        origin = []
-        for count, size in reversed(list(zip(_counts(self.grid, self.tile), self.tile))):
-            index, k = divmod(index, count)
-            origin.append(k * size)
-        return tuple(reversed(origin))
 
     def boxes(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> list[Box]:
         """The tile as boxes of axis coordinates (a token range may need several)."""
@@ -207,22 +204,34 @@ class _Tiling:
             return [tuple(Interval(o, o + s - 1) for o, s in zip(origin, shape, strict=True))]
         return _flat_boxes(origin[0], origin[0] + shape[0] - 1, self.axes)
 
-    def covering(self, box: Box) -> list[int]:
-        """Row-major indices of the tiles that meet a box of axis coordinates."""
-        counts = _counts(self.grid, self.tile)
-        if self.flat:
-            strides = [math.prod(self.axes[k + 1 :]) for k in range(len(self.axes))]
-            lo = sum(i.lo * s for i, s in zip(box, strides, strict=True))
-            hi = sum(i.hi * s for i, s in zip(box, strides, strict=True))
-            return list(range(lo // self.tile[0], hi // self.tile[0] + 1))
-        ranges = [range(i.lo // t, i.hi // t + 1) for i, t in zip(box, self.tile, strict=True)]
-        indices = []
-        for position in itertools.product(*ranges):
-            index = 0
-            for p, count in zip(position, counts, strict=True):
-                index = index * count + p
-            indices.append(index)
-        return indices
+    def blocks(self, box: Box) -> list[Block]:
+        """Blocks of tile coordinates (a range per tiled dimension) covering the tiles that
+        meet a box of axis coordinates."""
+        if not self.flat:
+            return [tuple((i.lo // t, i.hi // t) for i, t in zip(box, self.tile, strict=True))]
+        return [
+            ((lo // self.tile[0], hi // self.tile[0]),) for lo, hi in _flat_ranges(box, self.axes)
+        ]
+
+    def block_boxes(self, block: Block) -> list[Box]:
+        """The union of a block's tiles as boxes of axis coordinates."""
+        lo = tuple(a * t for (a, _), t in zip(block, self.tile, strict=True))
+        hi = tuple(
+            min((b + 1) * t, g) for (_, b), t, g in zip(block, self.tile, self.grid, strict=True)
+        )
+        return self.boxes(lo, tuple(h - o for o, h in zip(lo, hi, strict=True)))
+
+
+def _flat_ranges(box: Box, axes: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    """A box of a row-major grid as token ranges: one per row of the axes before the first
+    axis whose inner axes the box spans whole."""
+    k = len(axes) - 1
+    while k > 0 and box[k] == Interval(0, axes[k] - 1):
+        k -= 1
+    strides = [math.prod(axes[j + 1 :]) for j in range(len(axes))]
+    for row in itertools.product(*(range(i.lo, i.hi + 1) for i in box[:k])):
+        base = sum(c * s for c, s in zip(row, strides[:k], strict=True))
+        yield base + box[k].lo * strides[k], base + (box[k].hi + 1) * strides[k] - 1
 
 
 def _flat_boxes(lo: int, hi: int, axes: tuple[int, ...]) -> list[Box]:
@@ -320,7 +329,9 @@ def classify(
 def _layout(bound, queries, keys, key_mode, origins, shapes, rows, dropped) -> BlockLayout:  # type: ignore[no-untyped-def]
     visited = [t for row in rows for t in row]
     num_full = sum(t.full for t in visited)
-    computed = sum(math.prod(s) * sum(t.size for t in row) for s, row in zip(shapes, rows))
+    computed = sum(
+        math.prod(s) * sum(t.size for t in row) for s, row in zip(shapes, rows, strict=True)
+    )
     if keys is not None:
         dropped = len(origins) * math.prod(_counts(keys.grid, keys.tile)) - len(visited)
     key_axes = bound.key.names if keys is None or not keys.flat else (bound.key.flat,)
@@ -343,17 +354,48 @@ def _layout(bound, queries, keys, key_mode, origins, shapes, rows, dropped) -> B
 
 
 def _grid_row(evaluator: BoxEvaluator, keys: _Tiling, qboxes: list[Box]):  # type: ignore[no-untyped-def]
-    """Key tiles of one query tile in grid mode, and how many candidates were empty."""
-    region = evaluator.key_region(qboxes)
-    candidates = sorted({index for box in region for index in keys.covering(box)})
-    tiles = []
-    for index in candidates:
-        origin = keys.origin_of(index)
-        shape = keys.shape(origin)
-        truth = evaluator.truth(qboxes, keys.boxes(origin, shape))
-        if truth != FALSE:
-            tiles.append(KeyTile(origin, shape, truth == TRUE))
-    return tuple(tiles), len(candidates) - len(tiles)
+    """Key tiles of one query tile in grid mode (the empty count is derived later)."""
+    found: dict[tuple[int, ...], bool] = {}
+    for box in evaluator.key_region(qboxes):
+        for block in keys.blocks(box):
+            _classify_block(evaluator, keys, qboxes, block, found)
+    origins = {coords: _origin(coords, keys) for coords in found}
+    tiles = [KeyTile(origins[c], keys.shape(origins[c]), full) for c, full in found.items()]
+    return tuple(sorted(tiles, key=lambda t: t.origin)), 0
+
+
+_SMALL_BLOCK = 4  # tiles; smaller blocks are classified tile by tile
+
+
+def _classify_block(evaluator, keys, qboxes, block, found) -> None:  # type: ignore[no-untyped-def]
+    """Tiles of a block of tile coordinates into ``found`` (coordinates -> full). A block of
+    more than a few tiles is first judged whole: TRUE or FALSE there holds for each of its
+    tiles, so runs of full or empty tiles cost one evaluation; else it is halved."""
+    count = math.prod(b - a + 1 for a, b in block)
+    if count > _SMALL_BLOCK:
+        truth = evaluator.truth(qboxes, keys.block_boxes(block))
+        if truth == TRUE:
+            found.update(
+                dict.fromkeys(itertools.product(*(range(a, b + 1) for a, b in block)), True)
+            )
+        if truth != UNKNOWN:
+            return
+        axis = max(range(len(block)), key=lambda d: block[d][1] - block[d][0])
+        a, b = block[axis]
+        for half in ((a, (a + b) // 2), ((a + b) // 2 + 1, b)):
+            part = block[:axis] + (half,) + block[axis + 1 :]
+            _classify_block(evaluator, keys, qboxes, part, found)
+        return
+    for coords in itertools.product(*(range(a, b + 1) for a, b in block)):
+        if coords not in found:
+            origin = _origin(coords, keys)
+            truth = evaluator.truth(qboxes, keys.boxes(origin, keys.shape(origin)))
+            if truth != FALSE:
+                found[coords] = truth == TRUE
+
+
+def _origin(coords: tuple[int, ...], keys: _Tiling) -> tuple[int, ...]:
+    return tuple(c * t for c, t in zip(coords, keys.tile, strict=True))
 
 
 def _box_row(evaluator: BoxEvaluator, key: Axes, qboxes: list[Box], pad: int):  # type: ignore[no-untyped-def]

@@ -13,6 +13,8 @@ out-of-range read is an absent point, stated as extra conjuncts ``0 <= i and i <
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,11 +23,22 @@ from einscade.codegen.bind import eval_scalar
 from einscade.ir import ops
 from einscade.ir.cascade import Cascade, TensorDecl, size_symbol
 from einscade.ir.errors import BindError
-from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, conjoin, map_expr
-from einscade.ir.expr import accesses, names
+from einscade.ir.expr import (
+    Access,
+    Binary,
+    Call,
+    Expr,
+    Name,
+    Num,
+    Unary,
+    accesses,
+    conjoin,
+    map_expr,
+    names,
+)
 from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope
-from einscade.passes.analysis.intervals import Axes, LookupTable
+from einscade.passes.analysis.intervals import Box, Env, Interval
 
 Sizes = dict[str, int]
 Params = dict[str, int | float]
@@ -135,15 +148,8 @@ class BoundMask:
 
     def evaluate_dense(self) -> torch.Tensor:
         """``BoolTensor[P, M]`` over all pairs (P * M memory: small cases and tests only)."""
-        num_q, num_k = _count(self.query), _count(self.key)
-        return self.evaluate(torch.arange(num_q), torch.arange(num_k))
-
-
-def _count(axes: Axes) -> int:
-    count = 1
-    for n in axes.extents:
-        count *= n
-    return count
+        queries, keys = math.prod(self.query.extents), math.prod(self.key.extents)
+        return self.evaluate(torch.arange(queries), torch.arange(keys))
 
 
 def _coordinates(axes: Axes, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -195,6 +201,129 @@ def attention_mask(cascade: Cascade, query: str = "p", key: str = "m") -> Mask:
     )
 
 
+# -- coordinates and lookup tables ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Axes:
+    """One side's coordinates: the flat rank (``p``) and its grid axes (``px, py``, or ``p``
+    itself without a grid), with the axes' extents."""
+
+    flat: str
+    names: tuple[str, ...]
+    extents: tuple[int, ...]
+    strides: tuple[int, ...] = field(init=False)  # row-major, of the flat rank
+
+    def __post_init__(self) -> None:
+        strides = tuple(math.prod(self.extents[i + 1 :]) for i in range(len(self.extents)))
+        object.__setattr__(self, "strides", strides)
+
+    def full_box(self) -> Box:
+        return tuple(Interval(0, n - 1) for n in self.extents)
+
+    def indices_of(self, name: str) -> list[int]:
+        """The axes a coordinate name reads: one axis, or all of them for the flat rank."""
+        if name in self.names:
+            return [self.names.index(name)]
+        return list(range(len(self.names))) if name == self.flat else []
+
+    def bind(self, box: Box, env: Env) -> Env:
+        """Put the box's axis intervals and the flat rank's hull into ``env``; return it."""
+        env.update(zip(self.names, box, strict=True))
+        pairs = list(zip(box, self.strides, strict=True))
+        env[self.flat] = Interval(sum(i.lo * s for i, s in pairs), sum(i.hi * s for i, s in pairs))
+        return env
+
+
+def _sparse_tables(values: torch.Tensor) -> tuple[list, list]:  # type: ignore[type-arg]
+    """Level k holds the min / max of every run of 2**k values (range queries in O(1));
+    Python lists for short lines (fast to index), tensors for long ones (compact)."""
+    mins, maxs = [values], [values]
+    while 1 << len(mins) <= len(values):
+        half = 1 << (len(mins) - 1)
+        mins.append(torch.minimum(mins[-1][:-half], mins[-1][half:]))
+        maxs.append(torch.maximum(maxs[-1][:-half], maxs[-1][half:]))
+    if len(values) <= _LIST_LINE:
+        return [t.tolist() for t in mins], [t.tolist() for t in maxs]
+    return mins, maxs
+
+
+_LIST_LINE = 1 << 14
+
+
+def _range(tables: list, lo: int, hi: int, pick: Callable) -> int | float:  # type: ignore[type-arg]
+    level = (hi - lo + 1).bit_length() - 1
+    a, b = tables[level][lo], tables[level][hi - (1 << level) + 1]
+    return pick(a, b) if isinstance(a, int | float) else pick(a.item(), b.item())
+
+
+class _Line:
+    """One 1-D line of a lookup tensor with its range-min/max and value-position tables."""
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values.contiguous()
+        self.mins, self.maxs = _sparse_tables(self.values)
+        self._by_value: tuple[torch.Tensor, list, list] | None = None  # type: ignore[type-arg]
+
+    def minmax(self, lo: int, hi: int) -> Interval:
+        return Interval(_range(self.mins, lo, hi, min), _range(self.maxs, lo, hi, max))
+
+    def positions(self, vlo: float, vhi: float) -> tuple[int, int] | None:
+        """First and last position holding a value in ``[vlo, vhi]``, or None."""
+        if self._by_value is None:
+            self._by_value = self._build_positions()
+        uniq, first, last = self._by_value
+        bounds = torch.tensor([float(vlo), float(vhi)], dtype=torch.float64)
+        i = int(torch.searchsorted(uniq, bounds[:1]).item())
+        j = int(torch.searchsorted(uniq, bounds[1:], right=True).item()) - 1
+        if i > j:
+            return None
+        return int(_range(first, i, j, min)), int(_range(last, i, j, max))
+
+    def _build_positions(self):  # type: ignore[no-untyped-def]
+        values = self.values
+        uniq, inverse = torch.unique(values, sorted=True, return_inverse=True)
+        where = torch.arange(len(values))
+        first = torch.full((len(uniq),), len(values)).scatter_reduce(0, inverse, where, "amin")
+        last = torch.full((len(uniq),), -1).scatter_reduce(0, inverse, where, "amax")
+        return uniq.to(torch.float64), _sparse_tables(first)[0], _sparse_tables(last)[1]
+
+
+class LookupTable:
+    """Range queries over a lookup tensor (``doc[b, m]``): min/max over an index box, and the
+    first/last position of a line whose value lies in a range. Each 1-D line gets sparse
+    tables on first use (O(n log n) once, O(1) per query)."""
+
+    def __init__(self, name: str, values: torch.Tensor):
+        self.name = name
+        self.values = values.to(torch.int64) if values.dtype == torch.bool else values
+        self.shape = tuple(values.shape)
+        self._lines: dict[tuple[int, tuple[int, ...]], _Line] = {}
+
+    def line(self, dim: int, fixed: list[int]) -> _Line:
+        key = (dim, tuple(fixed[:dim] + fixed[dim + 1 :]))
+        if key not in self._lines:
+            index: list[int | slice] = list(fixed)
+            index[dim] = slice(None)
+            self._lines[key] = _Line(self.values[tuple(index)])
+        return self._lines[key]
+
+    def over(self, indices: list[Interval]) -> Interval:
+        """The values' range over an index box (clipped to the tensor)."""
+        lo = [max(int(i.lo), 0) for i in indices]
+        hi = [min(int(i.hi), n - 1) for i, n in zip(indices, self.shape, strict=True)]
+        if any(a > b for a, b in zip(lo, hi, strict=True)):
+            return Interval(0, 0)  # absent everywhere: the range conjuncts decide
+        varying = [d for d in range(len(lo)) if lo[d] != hi[d]]
+        if not varying:
+            value = self.values[tuple(lo)].item()
+            return Interval(value, value)
+        if len(varying) == 1:
+            return self.line(varying[0], lo).minmax(lo[varying[0]], hi[varying[0]])
+        block = self.values[tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))]
+        return Interval(block.min().item(), block.max().item())
+
+
 # -- binding -----------------------------------------------------------------------------
 
 
@@ -216,10 +345,7 @@ def _resolve_sizes(mask: Mask, given: Sizes, lookups: dict[str, torch.Tensor]) -
     for grid in mask.cascade.grids:
         axes = [size_symbol(a) for a in grid.axes]
         if all(a in sizes for a in axes):
-            product = 1
-            for a in axes:
-                product *= sizes[a]
-            sizes.setdefault(size_symbol(grid.rank), product)
+            sizes.setdefault(size_symbol(grid.rank), math.prod(sizes[a] for a in axes))
     needed = [(s, a, "query") for s, a in zip(mask.query_sizes, mask.query_axes, strict=True)]
     needed += [(s, a, "key") for s, a in zip(mask.key_sizes, mask.key_axes, strict=True)]
     for symbol, axis, side in needed:
@@ -260,8 +386,10 @@ def _concrete(mask: Mask, constants: dict[str, int | float], lookups) -> Expr:  
     lookup indices set to 0, range conjuncts for reads that may leave the tensor."""
     assert mask.predicate is not None
     decls = {d.name: d for d in mask.lookups}
-    coordinate_extent = dict(zip(mask.query_axes, _extents(mask.query_sizes, constants)))
-    coordinate_extent.update(zip(mask.key_axes, _extents(mask.key_sizes, constants)))
+    coordinate_extent = dict(
+        zip(mask.query_axes, _extents(mask.query_sizes, constants), strict=True)
+    )
+    coordinate_extent.update(zip(mask.key_axes, _extents(mask.key_sizes, constants), strict=True))
     coordinate_extent[mask.query] = constants[size_symbol(mask.query)]
     coordinate_extent[mask.key] = constants[size_symbol(mask.key)]
     ranges: list[Expr] = []
@@ -351,11 +479,8 @@ def _dense(expr: Expr, env: dict[str, torch.Tensor], lookups: dict[str, torch.Te
         case Binary(op=op, lhs=a, rhs=b) if op in _TORCH_BINARY:
             return _TORCH_BINARY[op](_dense(a, env, lookups), _dense(b, env, lookups))
         case Call(fn="min" | "max" as fn, args=(a, b)):
-            ta, tb = (
-                torch.as_tensor(_dense(a, env, lookups)),
-                torch.as_tensor(_dense(b, env, lookups)),
-            )
-            return torch.minimum(ta, tb) if fn == "min" else torch.maximum(ta, tb)
+            pair = [torch.as_tensor(_dense(x, env, lookups)) for x in (a, b)]
+            return torch.minimum(*pair) if fn == "min" else torch.maximum(*pair)
         case Call(fn="abs", args=(a,)):
             return torch.as_tensor(_dense(a, env, lookups)).abs()
         case Access(tensor=name, indices=indices):
