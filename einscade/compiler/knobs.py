@@ -30,7 +30,11 @@ DUMP_DIR = Knob(
     "EINSCADE_DUMP_DIR", "", "write numbered per-pass .ecas files, kernels and a repro script"
 )
 
-ALL: tuple[Knob, ...] = (DEBUG, DUMP_DIR)
+CACHE_DIR = Knob(
+    "EINSCADE_CACHE_DIR", "", "where generated kernels are cached (default: ~/.cache/einscade)"
+)
+
+ALL: tuple[Knob, ...] = (DEBUG, DUMP_DIR, CACHE_DIR)
 
 
 def debug_level() -> int:
@@ -43,3 +47,7 @@ def debug_level() -> int:
 
 def dump_dir() -> str | None:
     return DUMP_DIR.get() or None
+
+
+def cache_dir() -> str | None:
+    return CACHE_DIR.get() or None

@@ -61,7 +61,7 @@ def inspect_model(path: str | os.PathLike, console: Console) -> Discovery:
     found = find_sites(loaded.model)
     print_inspection(loaded.path, loaded.model, found, console)
     for note in loaded.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     return found
 
 
@@ -91,8 +91,10 @@ def rewrite_model(
         if report:
             print_rewrite_report(before, after, decisions, comparison, console)
         for note in result.notes:
-            console.print(f"note: {note}", highlight=False, markup=False)
-        console.print(summary_line(out, decisions, comparison), highlight=False, markup=False)
+            console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            summary_line(out, decisions, comparison), highlight=False, markup=False, soft_wrap=True
+        )
     return result
 
 
