@@ -12,6 +12,7 @@ einscade onnx rewrite IN.onnx -o OUT.onnx [--to function|onnx-attention|ort] [--
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def show(cascade: Cascade, sizes: dict[str, int], console: Console) -> None:
     console.print(f"total dense work: {total:,} flops at {used}", highlight=False)
 
 
+# Subcommands that live in their own modules: each has ``add_parser(subparsers)``, which
+# sets ``handler=run`` with ``run(args, rest, console)`` on its parser.
+COMMAND_MODULES: tuple[str, ...] = ("einscade.frontends.onnx.commands",)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="einscade", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,25 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     opt_cmd.add_argument("--dump-dir", default=None, metavar="D", help="per-pass IR and repro.py")
     opt_cmd.add_argument("--debug", type=int, default=None, metavar="N", help="EINSCADE_DEBUG")
     sub.add_parser("list", help="list the built-in cascades")
-    _add_onnx_parser(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
-
-
-def _add_onnx_parser(sub) -> None:
-    """``einscade onnx inspect IN.onnx`` and ``einscade onnx rewrite IN.onnx -o OUT.onnx``."""
-    onnx_cmd = sub.add_parser("onnx", help="find attention in ONNX models and rewrite them")
-    verbs = onnx_cmd.add_subparsers(dest="onnx_command", required=True)
-    inspect_cmd = verbs.add_parser("inspect", help="list attention sites and their cascades")
-    inspect_cmd.add_argument("model", metavar="IN.onnx")
-    rewrite_cmd = verbs.add_parser("rewrite", help="rewrite attention sites, validated")
-    rewrite_cmd.add_argument("model", metavar="IN.onnx")
-    rewrite_cmd.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    rewrite_cmd.add_argument(
-        "--to", choices=("function", "onnx-attention", "ort"), default="function",
-        help="function: local einscade functions carrying the cascade (default); "
-        "onnx-attention: the opset-23 Attention op; ort: not implemented yet",
-    )  # fmt: skip
-    rewrite_cmd.add_argument("--report", action="store_true", help="print the rewrite tables")
 
 
 def optimize(args: argparse.Namespace, rest: list[str]) -> str:
@@ -200,10 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.file}: ok")
         elif args.command == "opt":
             sys.stdout.write(optimize(args, rest))
-        elif args.command == "onnx":
-            from einscade.frontends.onnx.commands import run_cli
-
-            run_cli(args, rest, console)
+        elif hasattr(args, "handler"):
+            args.handler(args, rest, console)
         else:
             from einscade.frontends.library import BUILTINS
 

@@ -198,3 +198,21 @@ def run_cli(args: argparse.Namespace, rest: list[str], console: Console) -> None
         raise OnnxModelError(
             f"{args.model}: {type(error).__name__}: {text} (EINSCADE_DEBUG=1 shows a traceback)"
         ) from error
+
+
+def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
+    """``einscade onnx inspect IN.onnx`` and ``einscade onnx rewrite IN.onnx -o OUT.onnx``."""
+    onnx_cmd = sub.add_parser("onnx", help="find attention in ONNX models and rewrite them")
+    onnx_cmd.set_defaults(handler=run_cli)
+    verbs = onnx_cmd.add_subparsers(dest="onnx_command", required=True)
+    inspect_cmd = verbs.add_parser("inspect", help="list attention sites and their cascades")
+    inspect_cmd.add_argument("model", metavar="IN.onnx")
+    rewrite_cmd = verbs.add_parser("rewrite", help="rewrite attention sites, validated")
+    rewrite_cmd.add_argument("model", metavar="IN.onnx")
+    rewrite_cmd.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    rewrite_cmd.add_argument(
+        "--to", choices=("function", "onnx-attention", "ort"), default="function",
+        help="function: local einscade functions carrying the cascade (default); "
+        "onnx-attention: the opset-23 Attention op; ort: not implemented yet",
+    )  # fmt: skip
+    rewrite_cmd.add_argument("--report", action="store_true", help="print the rewrite tables")
