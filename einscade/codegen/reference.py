@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from einscade.codegen.bind import Binding, bind
+from einscade.codegen.torch_ops import TORCH_BINARY, TORCH_UNARY
 from einscade.ir import ops
 from einscade.ir.cascade import Cascade, Einsum, Iterate, size_symbol
 from einscade.ir.errors import BindError
@@ -63,38 +63,6 @@ def _conjuncts(expr: Expr) -> list[Expr]:
     if isinstance(expr, Binary) and expr.op == "and":
         return _conjuncts(expr.lhs) + _conjuncts(expr.rhs)
     return [expr]
-
-
-_UNARY = {
-    "exp": torch.exp,
-    "exp2": torch.exp2,
-    "log": torch.log,
-    "log2": torch.log2,
-    "sqrt": torch.sqrt,
-    "abs": torch.abs,
-    "neg": torch.neg,
-    "sigmoid": torch.sigmoid,
-    "softplus": F.softplus,
-    "relu": torch.relu,
-    "elu": F.elu,
-    "tanh": torch.tanh,
-}
-_BINARY = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-    "//": lambda a, b: a // b,
-    "%": lambda a, b: a % b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "and": lambda a, b: a & b,
-    "or": lambda a, b: a | b,
-}
 
 
 class _Space:
@@ -183,7 +151,7 @@ class _Executor:
             case Binary(op=op, lhs=a, rhs=b):
                 va, pa = self.eval(a, space)
                 vb, pb = self.eval(b, space)
-                return _BINARY[op](va, vb), pa + pb
+                return TORCH_BINARY[op](va, vb), pa + pb
             case Call(fn=fn, args=args):
                 return self.call(fn, [self.eval(a, space) for a in args])
         raise TypeError(f"not an expression: {expr!r}")
@@ -195,8 +163,8 @@ class _Executor:
 
     def call(self, fn: str, args: list[tuple[Value, Presence]]) -> tuple[Value, Presence]:
         present: Presence = sum((p for _, p in args), ())
-        if fn in _UNARY:
-            return _UNARY[fn](self.tensor(args[0][0])), present
+        if fn in TORCH_UNARY:
+            return TORCH_UNARY[fn](self.tensor(args[0][0])), present
         if fn in ("max", "min"):
             a, b = args[0][0], args[1][0]
             if _is_integer(a) and _is_integer(b):

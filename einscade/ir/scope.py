@@ -106,6 +106,12 @@ class Scope:
             table[stmt.target] = TensorInfo(stmt.target, ranks, False, gen)
         return table
 
+    def taken_names(self) -> set[str]:
+        """Every name in use (tensors, ranks, sizes, parameters, lets): what a pass that
+        invents names must avoid."""
+        params = {p.name for p in self.cascade.params}
+        return set(self.tensors) | self.ranks | self.sizes | params | set(self.lets)
+
     def iterate_rank(self, stmt: Einsum) -> str | None:
         """The rank of the ``iterate`` block holding ``stmt``, or None at top level."""
         return self.iterated_by.get(id(stmt))

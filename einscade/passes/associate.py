@@ -55,6 +55,7 @@ from einscade.passes.analysis.emptiness import fiber_may_be_empty
 from einscade.passes.analysis.uses import reads_of
 from einscade.passes.base import Note, Pass, PassResult, register
 from einscade.passes.defer_div import _Factors, join_product, split_product
+from einscade.passes.naming import fresh_name
 
 
 class Decline(Exception):
@@ -68,15 +69,6 @@ class _Plan:
     outer: str
     statements: tuple[Einsum, Einsum]
     note: str
-
-
-def fresh(base: str, taken: set[str]) -> str:
-    """``base``, or ``base2``, ``base3``... whichever is not taken yet (then taken)."""
-    name, k = base, 2
-    while name in taken:
-        name, k = f"{base}{k}", k + 1
-    taken.add(name)
-    return name
 
 
 def _ranks_text(ranks: tuple[str, ...]) -> str:
@@ -150,8 +142,7 @@ class _Associator:
         for stmt in self.cascade.einsums():
             for tensor in dict.fromkeys(reads_of(stmt)):
                 self.readers.setdefault(tensor, []).append(stmt)
-        self.taken = set(self.scope.tensors) | self.scope.ranks | self.scope.sizes
-        self.taken |= {p.name for p in self.cascade.params} | set(self.scope.lets)
+        self.taken = self.scope.taken_names()
         self.renamed: set[str] = set()
         self.new_sizes: list[SizeDef] = []
 
@@ -261,9 +252,9 @@ class _Associator:
 
     def rename(self, rank: str) -> str:
         """A fresh rank for ``rank`` (and its size, defined equal to the original's)."""
-        name = fresh(rank, self.taken)
+        name = fresh_name(rank, self.taken)
         while size_symbol(name) in self.taken:
-            name = fresh(rank, self.taken)
+            name = fresh_name(rank, self.taken)
         self.taken.add(size_symbol(name))
         self.renamed.add(name)
         self.new_sizes.append(SizeDef(size_symbol(name), Name(size_symbol(rank))))
@@ -358,7 +349,7 @@ class _Associator:
         stem = "".join(dict.fromkeys(tensors)) or "T"
         if len(factors.numerator) + len(factors.denominator) == 1:
             stem = "Z" + stem  # a plain sum of one tensor: name it as that tensor's sum
-        return fresh(stem, self.taken)
+        return fresh_name(stem, self.taken)
 
     def judge(
         self, outer: Einsum, read: Access, old_space: set[str], made: Einsum, final: Einsum

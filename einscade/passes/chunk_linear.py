@@ -78,9 +78,10 @@ from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope, generation_index
 from einscade.ir.symbolic import SymbolTable, from_sympy, to_sympy
 from einscade.passes.analysis.uses import reads_of
-from einscade.passes.associate import fresh, operation, partition
+from einscade.passes.associate import operation, partition
 from einscade.passes.base import Note, Pass, PassResult, register
 from einscade.passes.defer_div import _Factors, join_product, split_product
+from einscade.passes.naming import fresh_name
 from einscade.passes.rank_split import RankSplit, SplitError
 
 
@@ -110,11 +111,10 @@ class _Chunking:
         self.rank = loop.rank
         self.block = block
         self.scope = Scope(cascade)
-        self.taken = set(self.scope.tensors) | self.scope.ranks | self.scope.sizes
-        self.taken |= {p.name for p in cascade.params} | set(self.scope.lets)
-        self.r1 = fresh(self.rank + "1", self.taken)
-        self.k0 = fresh(self.rank + "0", self.taken)
-        self.q0 = fresh(self.rank + "0q", self.taken)
+        self.taken = self.scope.taken_names()
+        self.r1 = fresh_name(self.rank + "1", self.taken)
+        self.k0 = fresh_name(self.rank + "0", self.taken)
+        self.q0 = fresh_name(self.rank + "0q", self.taken)
         self.taken |= {size_symbol(r) for r in (self.r1, self.k0, self.q0)}
         self.inits = [s for s in loop.body if self.kind(s) == "init"]
         self.updates = [s for s in loop.body if self.kind(s) == "next"]
@@ -252,7 +252,7 @@ class _Chunking:
         query_factors = _map_factors(others, self.queries.expr)
         start = Access(read.tensor, _at(read.indices, state.generation, Name(self.r1)))
         inter_value = join_product(_combine(query_factors, _Factors((start,), ())))
-        inter = Einsum(fresh("P" + stmt.target, self.taken), lhs, inter_value, stmt.reduce)
+        inter = Einsum(fresh_name("P" + stmt.target, self.taken), lhs, inter_value, stmt.reduce)
         every = _combine(query_factors, self.term_at(state, rest_idx))
         mask = Binary("<=" if inclusive else "<", Name(self.k0), Name(self.q0))
         reduced = stmt.reduce.ranks if stmt.reduce is not None else ()
@@ -290,7 +290,7 @@ class _Chunking:
                 made.append(stmt_scores)
                 self.emitted.add(stmt_scores.target)
         local = Einsum(
-            fresh("L" + stmt.target, self.taken), lhs, join_product(every),
+            fresh_name("L" + stmt.target, self.taken), lhs, join_product(every),
             Reduce("sum", (self.k0,)), mask_left,
         )  # fmt: skip
         return [*made, local]
@@ -303,7 +303,7 @@ class _Chunking:
         predicate = mask if {self.k0, self.q0} <= set(ranks) else None
         key = (value, predicate or Num(0), *(Name(r) for r in reduced))
         lhs = tuple(Name(r) for r in ranks)
-        name = self.scores.get(key) or fresh("S", self.taken)
+        name = self.scores.get(key) or fresh_name("S", self.taken)
         self.scores[key] = name
         return Access(name, lhs), Einsum(name, lhs, value, Reduce("sum", reduced), predicate)
 
@@ -336,7 +336,7 @@ class _Chunking:
         if not self.keys.reads_inner(term):
             in_range = Binary("<", self.keys.coordinate, Name(size_symbol(self.rank)))
         local = Einsum(
-            fresh("L" + state.name, self.taken), lhs_at, term,
+            fresh_name("L" + state.name, self.taken), lhs_at, term,
             Reduce("sum", (self.k0,)), in_range,
         )  # fmt: skip
         old = Access(state.name, lhs_at)

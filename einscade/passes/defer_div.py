@@ -39,6 +39,7 @@ from einscade.ir.scope import Scope
 from einscade.passes.analysis.emptiness import fiber_may_be_empty
 from einscade.passes.analysis.uses import read_counts
 from einscade.passes.base import Note, Pass, PassResult, register
+from einscade.passes.naming import fresh_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class _Deferral:
         self.scope = Scope(cascade)
         self.counts = read_counts(cascade)
         self.definitions = {s.target: s for s in cascade.body if isinstance(s, Einsum)}
-        self.taken = set(self.scope.tensors) | self.scope.ranks | self.scope.sizes
+        self.taken = self.scope.taken_names()
         self.inlined: set[str] = set()
         self.notes: list[Note] = []
 
@@ -145,11 +146,7 @@ class _Deferral:
 
     def fresh(self, factors: tuple[Expr, ...]) -> str:
         stem = "".join(a.tensor for f in factors for a in accesses(f)) or "T"
-        name, k = stem, 1
-        while name in self.taken:
-            name, k = f"{stem}{k}", k + 1
-        self.taken.add(name)
-        return name
+        return fresh_name(stem, self.taken)
 
     def rewrite(self, stmt: Einsum) -> list[Einsum] | None:
         if stmt.reduce is None or stmt.reduce.op != "sum":

@@ -70,19 +70,12 @@ from einscade.ir.symbolic import SymbolTable, from_sympy, to_sympy
 from einscade.passes.analysis.emptiness import fiber_may_be_empty
 from einscade.passes.analysis.uses import reads_of
 from einscade.passes.base import Note, Pass, PassResult, register
+from einscade.passes.naming import fresh_name
 from einscade.passes.rank_split import RankSplit, SplitError, flat_coordinate, row_major_axes
 
 
 class Decline(Exception):
     """The online form does not apply; the message says why."""
-
-
-def fresh_name(base: str, taken: set[str]) -> str:
-    name, k = base, 2
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
 
 
 class OnlineForm:
@@ -92,8 +85,7 @@ class OnlineForm:
         self.scope = Scope(cascade)
         self.rank = rank
         self.block = block
-        self.taken = set(self.scope.tensors) | self.scope.ranks | self.scope.sizes
-        self.taken |= {p.name for p in cascade.params} | set(self.scope.lets)
+        self.taken = self.scope.taken_names()
         r1 = fresh_name(rank + "1", self.taken)
         r0 = fresh_name(rank + "0", self.taken)
         self.taken |= {size_symbol(r1), size_symbol(r0)}

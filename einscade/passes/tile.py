@@ -31,7 +31,8 @@ from einscade.ir.errors import BindError, EinscadeError
 from einscade.ir.expr import Access, Binary, Expr, Name, Num
 from einscade.ir.scope import Scope
 from einscade.passes.base import Note, Pass, PassResult, register
-from einscade.passes.online_softmax import Decline, OnlineForm, fresh_name
+from einscade.passes.naming import fresh_name
+from einscade.passes.online_softmax import Decline, OnlineForm
 from einscade.passes.rank_split import RankSplit, flat_coordinate, row_major_axes
 
 
@@ -123,15 +124,13 @@ class _Tiler:
         self.cascade = cascade
         self.scope = Scope(cascade)
         self.rank = rank
-        taken = set(self.scope.tensors) | self.scope.ranks | self.scope.sizes
-        taken |= {p.name for p in cascade.params} | set(self.scope.lets)
-        self.taken = taken
-        self.plan = _plan_query(cascade, rank, tile, taken)
+        self.taken = self.scope.taken_names()
+        self.plan = _plan_query(cascade, rank, tile, self.taken)
         carried = frozenset(
             t for t, info in self.scope.tensors.items() if rank in info.ranks and not info.is_input
         )
         self.split, self.axis_lets = replace(self.plan.split, split=carried).with_axis_lets()
-        self.renamed = {t: fresh_name(t + "T", taken) for t in cascade.outputs if t in carried}
+        self.renamed = {t: fresh_name(t + "T", self.taken) for t in cascade.outputs if t in carried}
 
     def einsum(self, stmt: Einsum) -> Einsum:
         if stmt.reduce is not None and self.rank in stmt.reduce.ranks:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from einscade.codegen.bind import eval_scalar
+from einscade.codegen.torch_ops import TORCH_BINARY
 from einscade.ir import ops
 from einscade.ir.cascade import Cascade, TensorDecl, size_symbol
 from einscade.ir.errors import BindError
@@ -448,22 +449,6 @@ def _fold(node: Expr) -> Expr | None:
 
 # -- dense evaluation --------------------------------------------------------------------
 
-_TORCH_BINARY = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "//": lambda a, b: a // b,
-    "%": lambda a, b: a % b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "and": lambda a, b: torch.as_tensor(a) & torch.as_tensor(b),
-    "or": lambda a, b: torch.as_tensor(a) | torch.as_tensor(b),
-}
-
 
 def _dense(expr: Expr, env: dict[str, torch.Tensor], lookups: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
     """Evaluate a bound predicate by broadcasting (IR semantics: floor ``//``, Python ``%``)."""
@@ -476,8 +461,8 @@ def _dense(expr: Expr, env: dict[str, torch.Tensor], lookups: dict[str, torch.Te
             return ~torch.as_tensor(_dense(x, env, lookups))
         case Unary(op="-", operand=x):
             return -_dense(x, env, lookups)
-        case Binary(op=op, lhs=a, rhs=b) if op in _TORCH_BINARY:
-            return _TORCH_BINARY[op](_dense(a, env, lookups), _dense(b, env, lookups))
+        case Binary(op=op, lhs=a, rhs=b) if op in TORCH_BINARY:
+            return TORCH_BINARY[op](_dense(a, env, lookups), _dense(b, env, lookups))
         case Call(fn="min" | "max" as fn, args=(a, b)):
             pair = [torch.as_tensor(_dense(x, env, lookups)) for x in (a, b)]
             return torch.minimum(*pair) if fn == "min" else torch.maximum(*pair)

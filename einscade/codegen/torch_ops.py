@@ -1,0 +1,38 @@
+"""The IR's operators as torch functions, for every executor that evaluates expressions
+densely with torch (the reference executor, dense mask evaluation)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TORCH_UNARY = {
+    "exp": torch.exp,
+    "exp2": torch.exp2,
+    "log": torch.log,
+    "log2": torch.log2,
+    "sqrt": torch.sqrt,
+    "abs": torch.abs,
+    "neg": torch.neg,
+    "sigmoid": torch.sigmoid,
+    "softplus": F.softplus,
+    "relu": torch.relu,
+    "elu": F.elu,
+    "tanh": torch.tanh,
+}
+TORCH_BINARY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "//": lambda a, b: a // b,
+    "%": lambda a, b: a % b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "and": lambda a, b: torch.as_tensor(a) & torch.as_tensor(b),
+    "or": lambda a, b: torch.as_tensor(a) | torch.as_tensor(b),
+}
