@@ -103,7 +103,7 @@ class OnlineForm:
         self.axis_lets: tuple[Let, ...] = ()
         if not self.axes_used_outside():
             self.split, self.axis_lets = self.split.with_axis_lets()
-        self.corrections: dict[str, tuple[str, Einsum]] = {}
+        self.corrections: list[Einsum] = []  # emitted so far; equal factors are shared
 
     # -- analysis ------------------------------------------------------------------------
     def walks(self, stmt: Einsum) -> bool:
@@ -200,7 +200,7 @@ class OnlineForm:
         return Binary("<", self.split.coordinate, Name(size_symbol(self.rank)))
 
     # -- building ------------------------------------------------------------------------
-    def correction(self, stmt: Einsum, guard: bool) -> tuple[str, Einsum] | None:
+    def correction(self, stmt: Einsum, guard: bool) -> tuple[Einsum, bool] | None:
         """The factor a running sum is multiplied by when its running inputs move on."""
         table = SymbolTable()
         operand = to_sympy(self.expand(stmt.value), table)
@@ -228,15 +228,14 @@ class OnlineForm:
                 f"{ratio} depends on {sorted(map(str, data))[0]}"
             )
         value = from_sympy(ratio, table)
-        for name, existing in self.corrections.values():
+        for existing in self.corrections:
             if existing.value == value:
-                return name, existing
+                return existing, False
         first = sorted(moving.values(), key=print_expr)[0]
         name = fresh_name("C" + first.tensor, self.taken)
-        lhs = (Name(self.r1), *self.correction_ranks(value))
-        made = Einsum(name, lhs, value)
-        self.corrections[stmt.target] = (name, made)
-        return name, made
+        made = Einsum(name, (Name(self.r1), *self.correction_ranks(value)), value)
+        self.corrections.append(made)
+        return made, True
 
     def generation_read(self, access: Access, guard: bool, op: str, step: int) -> Expr:
         generation: Expr = Name(self.r1)
@@ -288,11 +287,10 @@ class OnlineForm:
         found = self.correction(stmt, guard)
         carried: Expr = old
         if found is not None:
-            name, made = found
-            if not any(made is c for c in self.emitted):
+            made, is_new = found
+            if is_new:
                 body.append(made)
-                self.emitted.append(made)
-            carried = Binary("*", old, Access(name, made.indices))
+            carried = Binary("*", old, Access(made.target, made.indices))
         body.append(Einsum(running, new_index, Binary("+", fresh_part, carried)))
         return [init], body
 
@@ -306,7 +304,6 @@ class OnlineForm:
 
     def build(self) -> Cascade:
         self.check_structure()
-        self.emitted: list[Einsum] = []
         inits: list[Einsum] = []
         loop: list[Einsum] = []
         for stmt in self.walking:
