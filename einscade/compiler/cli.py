@@ -125,7 +125,10 @@ def show(cascade: Cascade, sizes: dict[str, int], console: Console) -> None:
 
 # Subcommands that live in their own modules: each has ``add_parser(subparsers)``, which
 # sets ``handler=run`` with ``run(args, rest, console)`` on its parser.
-COMMAND_MODULES: tuple[str, ...] = ("einscade.frontends.onnx.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "einscade.frontends.onnx.commands",
+    "einscade.compiler.kernel_report_cmd",
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -67,19 +67,24 @@ becomes (comments abridged)::
         ...
         RGM = RGM_next
 
+The block layout of the mask drives the loop (``schedule.py``, ``layout.py``,
+``sparsity.py``): each query tile visits only the key tiles its layout lists, partial ones
+with the element mask and full ones through a second copy of the body without it; empty
+tiles are never visited. Key tiles are 1-D ranges of ``M0`` tokens, or on a 2-D / 3-D key
+grid chunks of ``M0`` keys of each query tile's key box. A row that visits no key gets
+output 0 and log-sum-exp -inf.
+
 Entry points: ``build_kernel`` (source, cached file, launcher; CPU tensors run under
 Triton's interpreter), ``compile_for_gpu`` (ahead-of-time PTX and cubin for sm_90a/sm_80)
-and ``kernel_report`` (registers, spills, shared memory, tensor-core instructions).
+and ``kernel_report`` (registers, spills, shared memory, tensor-core instructions, load
+widths; ``einscade kernel-report`` on the command line).
 """
 
-from einscade.codegen.triton.compile import (
-    BuildOptions,
-    GeneratedKernel,
-    build_kernel,
-    compile_for_gpu,
-)
+from einscade.codegen.triton.aot import compile_for_gpu
+from einscade.codegen.triton.compile import BuildOptions, GeneratedKernel, build_kernel
 from einscade.codegen.triton.kernel import KernelArg, KernelSource, emit_kernel
 from einscade.codegen.triton.launch import LaunchResult
+from einscade.codegen.triton.layout import LayoutArrays, LayoutSource
 from einscade.codegen.triton.plan import KernelError
 from einscade.codegen.triton.report import KernelReport, kernel_report
 
@@ -91,6 +96,8 @@ __all__ = [
     "KernelReport",
     "KernelSource",
     "LaunchResult",
+    "LayoutArrays",
+    "LayoutSource",
     "build_kernel",
     "compile_for_gpu",
     "emit_kernel",

@@ -6,15 +6,15 @@ text and the options (Triton reads kernel source from files), and returns a
 ``GeneratedKernel``: call it with the input tensors by name. CPU tensors run under
 Triton's interpreter, CUDA tensors natively.
 
-``compile_for_gpu`` compiles the same source for an NVIDIA architecture (``sm_90a``,
-``sm_80``) without a GPU and returns Triton's compiled object; ``report.py`` reads the
-registers, spills, shared memory and tensor-core instructions off it.
+``aot.py`` compiles the same source for an NVIDIA GPU without one; ``report.py`` reads
+what the compiled kernel costs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import threading
@@ -24,9 +24,12 @@ from types import ModuleType
 
 import torch
 
-from einscade.codegen.triton.kernel import KernelSource, emit_kernel, pad
+from einscade.codegen.bind import bind
+from einscade.codegen.triton.kernel import KernelSource, emit_kernel
 from einscade.codegen.triton.launch import LaunchResult, launch
-from einscade.codegen.triton.plan import KernelError
+from einscade.codegen.triton.layout import KEY_MODES, LayoutArrays, LayoutSource, layout_source
+from einscade.codegen.triton.plan import KernelError, KernelPlan
+from einscade.codegen.triton.sparsity import sparse_loop
 from einscade.compiler import knobs
 from einscade.ir import print_cascade
 from einscade.ir.cascade import Cascade, Einsum, Iterate
@@ -34,6 +37,7 @@ from einscade.ir.expr import Access
 from einscade.ir.scope import Scope
 
 FUSE_AND_TILE = "defer-div,online-softmax,tile{{p={p},m={m}}},dce"
+SCHEDULES = ("auto", "block_sparse", "dense")
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _LOAD_LOCK = threading.Lock()
 _MODULES: dict[tuple[Path, bool], ModuleType] = {}
@@ -60,6 +64,9 @@ class BuildOptions:
     dtype: str
     num_warps: int = 4
     num_stages: int = 2
+    schedule: str = "dense"  # or "block_sparse" (resolved from build_kernel's "auto")
+    count_visits: bool = False
+    key_mode: str = "grid"  # block-sparse key tiles: "grid" (1-D) or "box" (chunks of boxes)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class GeneratedKernel:
     key: str
     path: Path
     cache_dir: Path
+    layout: LayoutSource | None = None  # the block layout of a block-sparse kernel
     _variants: dict[bool, tuple[KernelSource, Path]] = field(default_factory=dict, repr=False)
 
     @property
@@ -84,7 +92,7 @@ class GeneratedKernel:
         if not (interpret and self.options.dtype == "bfloat16"):
             return self.source, self.path
         if interpret not in self._variants:
-            source = emit_kernel(self.cascade, dtype=self.options.dtype, dot_upcast=True)
+            source = _emit(self.cascade, self.options, self.layout, dot_upcast=True)
             path = _write(self.cache_dir, source, self.key + "-interpret")
             self._variants[interpret] = (source, path)
         return self._variants[interpret]
@@ -104,7 +112,18 @@ class GeneratedKernel:
         return launch(
             self.kernel(interpret), source, self.cascade, dict(arguments),
             num_warps=self.options.num_warps, num_stages=self.options.num_stages,
+            layout=self.layout,
         )  # fmt: skip
+
+    def layout_arrays(self, **arguments: object) -> LayoutArrays:
+        """The block layout a launch on these arguments reads (block-sparse kernels)."""
+        if self.layout is None:
+            raise KernelError(f"{self.source.name} visits every key tile: it has no layout")
+        tensors = {k: v for k, v in arguments.items() if isinstance(v, torch.Tensor)}
+        scalars = {k: v for k, v in arguments.items() if not isinstance(v, torch.Tensor)}
+        binding = bind(self.cascade, tensors, scalars)
+        device = next(iter(tensors.values())).device
+        return self.layout.arrays(binding.sizes, binding.params, tensors, device)
 
     def __call__(self, **arguments: object):  # type: ignore[no-untyped-def]
         """The output tensor (a tuple if the cascade has several), like ``reference``."""
@@ -162,6 +181,9 @@ def build_kernel(
     num_warps: int = 4,
     num_stages: int = 2,
     cache_dir: str | os.PathLike[str] | None = None,
+    schedule: str = "auto",
+    count_visits: bool = False,
+    key_mode: str = "auto",
 ) -> GeneratedKernel:
     """Generate (or find in the cache) the Triton kernel of ``cascade``.
 
@@ -169,16 +191,74 @@ def build_kernel(
     ``tile{p=block_p,m=block_m}`` here), a fused one (only tiled) or a tiled one (kept).
     ``block_p`` is a query-tile size, or a box (``(8, 8)`` or ``"8x8"``) on a grid.
     ``dtype`` is the storage dtype of the float inputs and outputs (fp16, bf16 or fp32).
+    ``schedule``: ``"block_sparse"`` visits the key tiles of the mask's block layout only
+    (partial ones with the mask, full ones without), ``"dense"`` every tile with the mask;
+    ``"auto"`` is block-sparse for a masked cascade whose loop allows it (``sparsity.py``).
+    ``key_mode`` of a block-sparse kernel: ``"grid"`` visits 1-D key tiles of ``block_m``
+    tokens, ``"box"`` chunks of ``block_m`` keys of each query tile's key box on the key
+    grid (``layout.py``); ``"auto"`` takes boxes on a key grid of 2 or 3 axes.
+    ``count_visits`` adds a debug output: the key tiles each program visited.
     """
-    options = BuildOptions(_block_spec(block_p), block_m, _dtype_name(dtype), num_warps, num_stages)
+    if schedule not in SCHEDULES:
+        raise KernelError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if key_mode not in ("auto", *KEY_MODES):
+        raise KernelError(f"key_mode must be auto, grid or box, got {key_mode!r}")
     tiled = fuse_and_tile(cascade, block_p, block_m)
+    layout = _layout(cascade, tiled, _block_spec(block_p), block_m, schedule, key_mode)
+    options = BuildOptions(
+        _block_spec(block_p), block_m, _dtype_name(dtype), num_warps, num_stages,
+        "dense" if layout is None else "block_sparse", count_visits,
+        "grid" if layout is None else layout.key_mode,
+    )  # fmt: skip
     text = print_cascade(tiled)
     key = hashlib.sha256(f"{text}\n{options}".encode()).hexdigest()[:20]
-    source = emit_kernel(tiled, dtype=options.dtype)
+    source = _emit(tiled, options, layout)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = _write(folder, source, key)
     _debug(source)
-    return GeneratedKernel(tiled, source, options, key, path, folder)
+    return GeneratedKernel(tiled, source, options, key, path, folder, layout)
+
+
+def _emit(
+    tiled: Cascade, options: BuildOptions, layout: LayoutSource | None, dot_upcast: bool = False
+) -> KernelSource:
+    return emit_kernel(
+        tiled, dtype=options.dtype, dot_upcast=dot_upcast, count_visits=options.count_visits,
+        layout_ranks=None if layout is None else layout.ranks, key_mode=options.key_mode,
+        key_axes=1 if layout is None else layout.key_axes,
+    )  # fmt: skip
+
+
+def _layout(
+    cascade: Cascade, tiled: Cascade, block_p: str, block_m: int, schedule: str, key_mode: str
+) -> LayoutSource | None:
+    """The layout source of a block-sparse kernel; None for a dense one. ``"auto"`` falls
+    back to dense where the loop or the mask does not allow block sparsity, and for a
+    cascade without a mask."""
+    if schedule == "dense":
+        return None
+    try:
+        plan = KernelPlan(tiled)
+        loop = sparse_loop(plan)
+        query_tile = tuple(int(extent) for extent in block_p.split("x"))
+        if math.prod(query_tile) != plan.block_size(plan.row_rank) or block_m != (
+            plan.block_size(plan.key_rank)
+        ):
+            raise KernelError(
+                f"@{cascade.name} is tiled already with other tiles than "
+                f"block_p={block_p}, block_m={block_m}: no block layout for it"
+            )
+        query = plan.stores[0].query
+        source = layout_source(cascade, query, loop.key, plan.batch, query_tile, block_m)
+        if key_mode == "box" or (key_mode == "auto" and source.key_axes > 1):
+            source = layout_source(cascade, query, loop.key, plan.batch, query_tile, block_m, "box")
+    except KernelError:
+        if schedule == "block_sparse":
+            raise
+        return None
+    if schedule == "auto" and source.mask.predicate is None:
+        return None
+    return source
 
 
 def _write(folder: Path, source: KernelSource, key: str) -> Path:
@@ -203,7 +283,7 @@ def _debug(source: KernelSource) -> None:
 
 def _import_triton() -> None:
     """Import Triton, its language and its lazily imported parts with the interpreter off:
-    their own ``@jit`` functions must stay compilable for ``compile_for_gpu``."""
+    their own ``@jit`` functions must stay compilable for ``aot.compile_for_gpu``."""
     import triton.experimental.gluon  # noqa: F401  (imported lazily by launches otherwise)
     import triton.language  # noqa: F401
 
@@ -232,94 +312,3 @@ def _load(path: Path, interpret: bool) -> ModuleType:
                 os.environ["TRITON_INTERPRET"] = saved
         _MODULES[key] = module
         return module
-
-
-# -- ahead-of-time compilation -----------------------------------------------------------------
-
-_POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
-
-
-def gpu_signature(
-    generated: GeneratedKernel, head_dims: dict[str, int], lookup_type: str = "*i64"
-) -> tuple[dict[str, str], dict[str, object], dict[tuple[int, ...], list]]:
-    """Triton signature, constexprs and divisibility hints for contiguous inputs whose
-    innermost stride is 1 (a constexpr) and whose other strides are multiples of 16."""
-    source = generated.source
-    lookups = _lookups(generated)
-    signature: dict[str, str] = {}
-    constexprs: dict[str, object] = {}
-    attrs: dict[tuple[int, ...], list] = {}
-    ranks = _tensor_ranks(generated)
-    for index, arg in enumerate(source.args):
-        if arg.role == "pointer":
-            kind = "*fp32" if source.lse and arg.tensor == source.lse[0] else None
-            kind = kind or (lookup_type if arg.tensor in lookups else _POINTER_TYPES[source.dtype])
-            signature[arg.name] = kind
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif arg.role == "stride" and arg.dim == len(ranks[arg.tensor]) - 1:
-            signature[arg.name], constexprs[arg.name] = "constexpr", 1
-        elif arg.role in ("stride", "size"):
-            signature[arg.name] = "i32"
-            if arg.role == "stride" and all(d % 16 == 0 for d in head_dims.values()):
-                attrs[(index,)] = [["tt.divisibility", 16]]
-        elif arg.role == "param":
-            kind = generated.cascade.param(arg.name).kind  # type: ignore[union-attr]
-            signature[arg.name] = "i32" if kind == "int" else "fp32"
-        else:
-            signature[arg.name] = "constexpr"
-            constexprs[arg.name] = _constexpr(arg, head_dims)
-    return signature, constexprs, attrs
-
-
-def _constexpr(arg, head_dims: dict[str, int]) -> int:  # type: ignore[no-untyped-def]
-    if arg.role == "constant":
-        return arg.value
-    symbol = arg.tensor if arg.role == "pad" else arg.name
-    if symbol not in head_dims:
-        raise KernelError(f"compile_for_gpu needs head_dims[{symbol!r}]")
-    return pad(head_dims[symbol]) if arg.role == "pad" else head_dims[symbol]
-
-
-def _lookups(generated: GeneratedKernel) -> frozenset[str]:
-    from einscade.codegen.triton.plan import KernelPlan
-
-    return KernelPlan(generated.cascade).lookups
-
-
-def _tensor_ranks(generated: GeneratedKernel) -> dict[str, tuple[str, ...]]:
-    ranks = {d.name: d.ranks for d in generated.cascade.inputs}
-    ranks.update(dict(generated.source.outputs))
-    if generated.source.lse is not None:
-        ranks[generated.source.lse[0]] = generated.source.lse[1]
-    return ranks
-
-
-def compile_for_gpu(
-    generated: GeneratedKernel,
-    arch: int = 90,
-    *,
-    head_dims: dict[str, int] | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
-):  # type: ignore[no-untyped-def]
-    """Compile for ``sm_<arch>`` (90 means sm_90a) without a GPU; returns Triton's
-    ``CompiledKernel`` (``.asm`` holds ttir, ttgir, llir, ptx, cubin; ``.metadata`` the
-    shared memory and warps). ``head_dims`` binds the head sizes (default 64 each)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    heads = {a.name: 64 for a in generated.source.args if a.role == "head"}
-    heads |= {a.tensor: 64 for a in generated.source.args if a.role == "pad"}
-    heads.update(head_dims or {})
-    signature, constexprs, attrs = gpu_signature(generated, heads)
-    fn = generated.kernel(interpret=False)
-    source = triton.compiler.ASTSource(
-        fn=fn, signature=signature, constexprs=constexprs, attrs=attrs
-    )
-    target = GPUTarget("cuda", arch, 32)
-    backend = triton.compiler.make_backend(target)
-    options = backend.parse_options({
-        "num_warps": num_warps or generated.options.num_warps,
-        "num_stages": num_stages or generated.options.num_stages,
-    })  # fmt: skip
-    return triton.compile(source, target=target, options=options.__dict__)

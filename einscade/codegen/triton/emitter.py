@@ -135,6 +135,12 @@ class Emitter:
         self.cse[section][value.code] = name
         return replace(value, code=name, prec=ATOM, level=section)
 
+    def take(self, section: int) -> list[str]:
+        """The lines written into ``section`` so far; the section starts over empty (a second
+        copy of the loop body is generated into it)."""
+        lines, self.lines[section], self.cse[section] = self.lines[section], [], {}
+        return lines
+
     def assign(self, name: str, value: Val, section: int) -> Val:
         """``name = code`` in ``section`` (statement results and loop carries)."""
         self.emit(section, f"{name} = {value.code}")

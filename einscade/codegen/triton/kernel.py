@@ -4,10 +4,14 @@
 
     header     program ids -> tile and batch coordinates, tl.arange blocks
     prologue   generation-0 values, loop-invariant loads and masks
-    loop       one iteration per key tile (``schedule.py``), then ``T = T_next``
+    loops      one iteration per key tile (``schedule.py``), then ``T = T_next``
     epilogue   statements after the loop, the log-sum-exp, masked stores
 
-and returns the text with the list of kernel arguments the launcher fills in.
+and returns the text with the list of kernel arguments the launcher fills in. A dense
+schedule has one loop over every key tile. A block-sparse one has two copies of the loop
+body, generated from the same statements: the partial-tile body with every presence
+condition, the full-tile body with the mask's conditions and the key range check dropped
+(``sparsity.FullTilePresence``); work both bodies hoist lands in the shared prologue.
 """
 
 from __future__ import annotations
@@ -15,37 +19,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from einscade.codegen.triton.args import KernelArg
 from einscade.codegen.triton.emitter import EPILOGUE, LOOP, PROLOGUE, RESERVED, Emitter, Namer, Val
 from einscade.codegen.triton.functions import HELPER_NAMES, HELPERS, REDUCE_IMPORT
 from einscade.codegen.triton.lower import Lowerer
 from einscade.codegen.triton.plan import KernelError, KernelPlan
 from einscade.codegen.triton.presence import Presence
-from einscade.codegen.triton.schedule import DenseSchedule
+from einscade.codegen.triton.schedule import BlockSparseSchedule, BoxKeys, DenseSchedule
+from einscade.codegen.triton.sparsity import (
+    FullTilePresence,
+    SparseLoop,
+    sparse_loop,
+    with_key_let,
+)
 from einscade.codegen.triton.statements import StatementLowering
 from einscade.ir import print_cascade
 from einscade.ir.cascade import Cascade, size_symbol
 
 DTYPES = ("float16", "bfloat16", "float32")
-
-
-@dataclass(frozen=True)
-class KernelArg:
-    """One kernel parameter and where its value comes from at launch.
-
-    role: ``pointer`` (tensor), ``stride`` (tensor, dim), ``size`` (a bound size symbol),
-    ``param``, ``constant`` (constexpr fixed by the cascade: ``value``), ``head`` (constexpr
-    head size bound at launch), ``pad`` (constexpr: the head size ``tensor`` rounded up to a
-    power of two, at least 16)."""
-
-    name: str
-    role: str
-    tensor: str = ""
-    dim: int = -1
-    value: int | None = None
-
-    @property
-    def constexpr(self) -> bool:
-        return self.role in ("constant", "head", "pad")
 
 
 @dataclass(frozen=True)
@@ -60,6 +51,8 @@ class KernelSource:
     outputs: tuple[tuple[str, tuple[str, ...]], ...]  # output tensors and their ranks
     lse: tuple[str, tuple[str, ...]] | None  # log-sum-exp output and its ranks
     dtype: str
+    schedule: str = "dense"  # or "block_sparse": the kernel reads a block layout
+    layout_ranks: tuple[str, ...] = ()  # batch ranks the block layout varies along
 
 
 def pad(extent: int) -> int:
@@ -83,7 +76,11 @@ def _reserved(plan: KernelPlan) -> set[str]:
 
 
 class _Assembler:
-    def __init__(self, cascade: Cascade, dtype: str, dot_upcast: bool):
+    def __init__(
+        self, cascade: Cascade, dtype: str, dot_upcast: bool,
+        layout_ranks: tuple[str, ...] | None, count_visits: bool,
+        key_let: str | None = None, key_axes: int = 1,
+    ):  # fmt: skip
         if dtype not in DTYPES:
             raise KernelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.cascade = cascade
@@ -93,9 +90,40 @@ class _Assembler:
         self.out = Emitter(self.names)
         self.low = Lowerer(self.plan, Presence(self.plan), self.out, self.names)
         self.stmts = StatementLowering(self.plan, self.low, dtype, dot_upcast)
-        self.schedule = DenseSchedule(self.plan.loop_rank, size_symbol(self.plan.loop_rank))
+        self.sparse: SparseLoop | None = None
+        self.key_let = key_let
+        self.schedule = self._schedule(layout_ranks, count_visits, key_axes)
         self.header: list[str] = []
+        self.bodies: list[list[str]] = []
         self.lse_name: str | None = None
+
+    def _schedule(
+        self, layout_ranks: tuple[str, ...] | None, count_visits: bool, key_axes: int
+    ) -> DenseSchedule | BlockSparseSchedule:
+        plan = self.plan
+        if layout_ranks is None:
+            schedule = DenseSchedule(plan.loop_rank, plan.tile_rank, self.names, count_visits)
+        else:
+            stray = [r for r in layout_ranks if r not in plan.batch]
+            if stray:
+                raise KernelError(
+                    f"the block layout varies along {stray[0]!r}, which is not a batch rank "
+                    f"of @{self.cascade.name} ({', '.join(plan.batch) or 'none'})"
+                )
+            self.sparse = sparse_loop(plan)
+            box = None
+            if self.key_let is not None:
+                key = self.names.fresh(self.key_let)
+                box = BoxKeys(key, plan.key_rank, self.sparse.key_size, key_axes)
+            schedule = BlockSparseSchedule(
+                plan.loop_rank, plan.tile_rank, layout_ranks, self.names, count_visits, box
+            )
+        fixed = plan.scope.ranks | plan.scope.sizes | {p.name for p in plan.cascade.params}
+        clash = schedule.generated_names() & fixed
+        if clash:
+            raise KernelError(f"name {sorted(clash)[0]!r} clashes with a generated kernel name")
+        self.names.taken |= schedule.generated_names()
+        return schedule
 
     # -- coordinates ---------------------------------------------------------------------
     def coordinates(self) -> None:
@@ -143,13 +171,14 @@ class _Assembler:
             stmts.statement(stmt, PROLOGUE)
         for carried in plan.carried.values():
             stmts.init(carried)
-        updates = {c.update.target: c for c in plan.carried.values()}
-        for stmt in plan.body:
-            if stmt.target in updates and stmt is updates[stmt.target].update:
-                stmts.update(updates[stmt.target])
-            else:
-                stmts.statement(stmt, LOOP)
-        stmts.carry()
+        self.bodies.append(self.loop_body())
+        if self.sparse is not None:
+            # The full-tile loop: the same statements, with the mask's conditions dropped.
+            every = stmts.presence
+            stmts.use_presence(FullTilePresence(plan, self.sparse))
+            stmts.reenter()
+            self.bodies.append(self.loop_body())
+            stmts.use_presence(every)
         for stmt in plan.after:
             stmts.statement(stmt, EPILOGUE)
         if plan.lse is not None:
@@ -160,6 +189,23 @@ class _Assembler:
         for size in self.schedule.sizes():
             self.low.args.size(size)
 
+    def loop_body(self) -> list[str]:
+        """One copy of the loop body's lines, ending with the carry of running values."""
+        stmts = self.stmts
+        box = self.schedule.box
+        if box is not None and self.key_let is not None:
+            # The loop head computes the chunk's key tokens; the body reads them as the let.
+            key = Val(box.key, (box.block,), "int", LOOP, nonneg=True, traced=True)
+            self.low.lets[(self.key_let, LOOP)] = key
+        updates = {c.update.target: c for c in self.plan.carried.values()}
+        for stmt in self.plan.body:
+            if stmt.target in updates and stmt is updates[stmt.target].update:
+                stmts.update(updates[stmt.target])
+            else:
+                stmts.statement(stmt, LOOP)
+        stmts.carry()
+        return self.out.take(LOOP)
+
     # -- arguments and text --------------------------------------------------------------
     def arguments(self) -> tuple[KernelArg, ...]:
         plan = self.plan
@@ -167,6 +213,7 @@ class _Assembler:
         if self.lse_name:
             tensors.append(self.lse_name)
         args = [KernelArg(f"{t}_ptr", "pointer", t) for t in tensors]
+        args += self.schedule.arguments()
         args += [KernelArg(n, "stride", t, d) for (t, d), n in self.low.args.strides.items()]
         heads = {size_symbol(a) for a in plan.padded}
         blocks = {size_symbol(plan.row_rank), size_symbol(plan.key_rank)}
@@ -197,11 +244,8 @@ class _Assembler:
             lines += ["", HELPERS[helper]]
         params = [f"    {a.name}: tl.constexpr," if a.constexpr else f"    {a.name}," for a in args]
         lines += ["", "@triton.jit", f"def {name}(", *params, "):"]
-        body = self.header + self.out.lines[PROLOGUE] + self.schedule.head()
-        lines += ["    " + line for line in body]
-        loop = self.schedule.body_prefix() + self.out.lines[LOOP]
-        lines += ["        " + line for line in loop]
-        lines += ["    " + line for line in self.out.lines[EPILOGUE]]
+        body = self.header + self.out.lines[PROLOGUE] + self.schedule.render(self.bodies)
+        lines += ["    " + line for line in body + self.out.lines[EPILOGUE]]
         return "\n".join(lines) + "\n"
 
     def build(self) -> KernelSource:
@@ -216,14 +260,23 @@ class _Assembler:
         lse = None
         if self.lse_name is not None:
             lse = (self.lse_name, (*plan.batch, plan.stores[0].query))
+        layout_ranks = self.schedule.layout_ranks
         return KernelSource(
             name, self.text(name, args), args, size_symbol(plan.tile_rank),
             tuple(size_symbol(r) for r in plan.batch), outputs, lse, self.dtype,
+            self.schedule.kind, layout_ranks,
         )  # fmt: skip
 
 
 def emit_kernel(
-    cascade: Cascade, *, dtype: str = "float16", dot_upcast: bool = False
+    cascade: Cascade,
+    *,
+    dtype: str = "float16",
+    dot_upcast: bool = False,
+    layout_ranks: tuple[str, ...] | None = None,
+    count_visits: bool = False,
+    key_mode: str = "grid",
+    key_axes: int = 1,
 ) -> KernelSource:
     """The Triton source of a fused, tiled cascade (the output of
     ``defer-div,online-softmax,tile{p=...,m=...},dce``).
@@ -231,5 +284,19 @@ def emit_kernel(
     ``dtype`` is the storage dtype of the float inputs: ``tl.dot`` operands computed in fp32
     are cast to it. ``dot_upcast`` feeds ``tl.dot`` fp32 operands instead (exact for fp16 and
     bf16 values; Triton's interpreter multiplies bf16 blocks wrongly).
+
+    ``layout_ranks`` selects the block-sparse schedule (``schedule.py``): the kernel reads
+    its key tiles from a block layout whose rows vary along these batch ranks (``()``: one
+    row per query tile); None visits every key tile. ``key_mode="box"`` reads chunks of key
+    boxes of a key grid with ``key_axes`` axes instead of 1-D key tiles (``layout.py``).
+    ``count_visits`` adds the debug output ``VISITS`` (key tiles visited per program).
     """
-    return _Assembler(cascade, dtype, dot_upcast).build()
+    key_let = None
+    if layout_ranks is not None and key_mode == "box":
+        cascade, key_let = with_key_let(cascade)
+    elif key_mode != "grid":
+        raise KernelError(f"key_mode must be 'grid' or 'box' (block-sparse only), got {key_mode!r}")
+    assembler = _Assembler(
+        cascade, dtype, dot_upcast, layout_ranks, count_visits, key_let, key_axes
+    )
+    return assembler.build()

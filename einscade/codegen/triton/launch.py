@@ -15,6 +15,7 @@ import torch
 
 from einscade.codegen.bind import Binding, bind
 from einscade.codegen.triton.kernel import KernelArg, KernelSource, pad
+from einscade.codegen.triton.layout import LayoutArrays, LayoutSource
 from einscade.ir.cascade import Cascade, size_symbol
 from einscade.ir.errors import BindError
 
@@ -24,10 +25,12 @@ _MAX_GRID_Y = 65535
 
 @dataclass(frozen=True)
 class LaunchResult:
-    """Outputs by name (the cascade's outputs) and the rows' log-sum-exp, if computed."""
+    """Outputs by name (the cascade's outputs), the rows' log-sum-exp if computed, and with
+    ``count_visits`` the key tiles each program visited (``[batch programs, query tiles]``)."""
 
     outputs: dict[str, torch.Tensor]
     lse: torch.Tensor | None
+    visits: torch.Tensor | None = None
 
 
 def _split(arguments: dict[str, object]) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
@@ -64,9 +67,16 @@ def _allocate(source: KernelSource, binding: Binding, like: torch.Tensor):  # ty
     return outputs, lse
 
 
-def _argument(arg: KernelArg, tensors: dict[str, torch.Tensor], binding: Binding) -> object:
+def _argument(
+    arg: KernelArg, tensors: dict[str, torch.Tensor], binding: Binding,
+    layout: LayoutArrays | None,
+) -> object:  # fmt: skip
+    if arg.role in ("layout", "layout_scalar"):
+        assert layout is not None
+        table = layout.arrays if arg.role == "layout" else layout.scalars
+        return table[arg.tensor]
     match arg.role:
-        case "pointer":
+        case "pointer" | "visits":
             return tensors[arg.tensor]
         case "stride":
             if arg.dim in binding.broadcast.get(arg.tensor, frozenset()):
@@ -91,12 +101,15 @@ def launch(
     *,
     num_warps: int = 4,
     num_stages: int = 2,
+    layout: LayoutSource | None = None,
 ) -> LaunchResult:
-    """Run ``kernel`` (the jitted or interpreted function of ``source``) on ``arguments``."""
+    """Run ``kernel`` (the jitted or interpreted function of ``source``) on ``arguments``;
+    a block-sparse kernel takes its key tiles from ``layout``."""
     tensors, scalars = _split(arguments)
     _check_inputs(cascade, source, tensors)
     binding = bind(cascade, tensors, scalars)
-    outputs, lse = _allocate(source, binding, next(iter(tensors.values())))
+    like = next(iter(tensors.values()))
+    outputs, lse = _allocate(source, binding, like)
     everything = {**tensors, **outputs}
     if lse is not None and source.lse is not None:
         everything[source.lse[0]] = lse
@@ -106,8 +119,17 @@ def launch(
     )
     if grid[1] > _MAX_GRID_Y:
         raise BindError(f"{grid[1]} batch programs exceed the grid's y limit of {_MAX_GRID_Y}")
+    visits = None
+    if any(a.role == "visits" for a in source.args):
+        visits = torch.zeros(grid[1], grid[0], dtype=torch.int32, device=like.device)
+        everything["VISITS"] = visits
     if 0 in grid:
-        return LaunchResult(outputs, lse)
-    values = [_argument(a, everything, binding) for a in source.args]
+        return LaunchResult(outputs, lse, visits)
+    arrays = None
+    if source.schedule == "block_sparse":
+        if layout is None:
+            raise BindError(f"{source.name} is block-sparse: launch it with its layout source")
+        arrays = layout.arrays(binding.sizes, binding.params, tensors, like.device)
+    values = [_argument(a, everything, binding, arrays) for a in source.args]
     kernel[grid](*values, num_warps=num_warps, num_stages=num_stages)
-    return LaunchResult(outputs, lse)
+    return LaunchResult(outputs, lse, visits)

@@ -73,6 +73,11 @@ class StatementLowering:
         self.elem = _TL_DTYPE[dtype]
         self.dot_upcast = dot_upcast
         self.carried_names: dict[str, str] = {}
+        self.entry: dict[str, Val] = {}  # running values at the top of the loop
+
+    def use_presence(self, presence: Presence) -> None:
+        """Lower the following statements with other presence facts (a full tile's)."""
+        self.presence = self.low.presence = presence
 
     # -- maps and reductions -------------------------------------------------------------
     def statement(self, stmt: Einsum, home: int) -> None:
@@ -240,7 +245,13 @@ class StatementLowering:
         name = self.names.fresh(carried.name)
         self.carried_names[carried.name] = name
         self.out.assign(name, Val(code, axes), PROLOGUE)
-        self.low.current[carried.name] = Val(name, axes, level=LOOP, traced=True)
+        self.entry[carried.name] = Val(name, axes, level=LOOP, traced=True)
+        self.low.current[carried.name] = self.entry[carried.name]
+
+    def reenter(self) -> None:
+        """Start another copy of the loop body: the running values are read at the top of
+        the loop again (the block-sparse schedule's full-tile loop)."""
+        self.low.current.update(self.entry)
 
     def update(self, carried: Carried) -> None:
         stmt = carried.update
@@ -264,6 +275,7 @@ class StatementLowering:
                 self.carried_names[name], self.low.current[name].axes, level=EPILOGUE, traced=True
             )
         self.low.values = {k: v for k, v in self.low.values.items() if v.level != LOOP}
+        self.low.lets = {k: v for k, v in self.low.lets.items() if k[1] != LOOP}
         self.low.next.clear()
         self.low.current.clear()
 

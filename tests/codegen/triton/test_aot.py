@@ -1,4 +1,5 @@
-"""Ahead-of-time compilation for Hopper and Ampere without a GPU: tensor cores, no spills."""
+"""Ahead-of-time compilation for Hopper and Ampere without a GPU: tensor cores, no spills,
+vectorized loads; the block-sparse kernels of the causal and neighborhood families."""
 
 import pytest
 
@@ -25,9 +26,13 @@ def compiled(tmp_path_factory):
         if (name, arch) not in done:
             make, options = KERNELS[name]
             kernel = build_kernel(make(), dtype="float16", cache_dir=folder, **options)
+            # The default schedule of both: block-sparse (NA: chunks of key boxes).
+            assert kernel.options.schedule == "block_sparse"
+            assert kernel.options.key_mode == ("box" if name == "neighborhood_2d" else "grid")
             done[(name, arch)] = compile_for_gpu(kernel, arch, head_dims={"E": 64, "F": 64})
         return done[(name, arch)]
 
+    get.folder = folder
     return get
 
 
@@ -42,3 +47,18 @@ def test_fp16_kernel_uses_tensor_cores_without_spilling(compiled, name, arch):
     assert report.spill_bytes == 0, report.summary()
     assert 0 < report.shared_bytes <= SHARED_LIMIT[arch], report.summary()
     assert report.registers <= 255
+    assert report.widest_load == 128, report.summary()  # fp16 tiles load 8 values a thread
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KERNELS)
+def test_both_kernels_are_block_sparse_with_two_tensor_core_loops(compiled, name):
+    """The partial and the full loop each hold both products: twice the dense MMA count."""
+    make, options = KERNELS[name]
+    kernel = build_kernel(make(), dtype="float16", cache_dir=compiled.folder, **options)
+    assert kernel.text.count("tl.dot(") == 4
+    dense = build_kernel(make(), dtype="float16", cache_dir=compiled.folder, schedule="dense",
+                         **options)  # fmt: skip
+    sparse_mma = kernel_report(compiled(name, 90), 90).tensor_core["HGMMA"]
+    dense_mma = kernel_report(compile_for_gpu(dense, 90, head_dims={"E": 64, "F": 64}), 90)
+    assert sparse_mma == 2 * dense_mma.tensor_core["HGMMA"]
