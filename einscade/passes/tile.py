@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 from einscade.codegen.bind import eval_scalar
 from einscade.ir.cascade import Cascade, Einsum, Iterate, Let, SizeDef, Statement, size_symbol
 from einscade.ir.errors import BindError, EinscadeError
-from einscade.ir.expr import Access, Binary, Expr, Name, Num
+from einscade.ir.expr import Access, Binary, Expr, Name, Num, accesses
+from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope
 from einscade.passes.base import Note, Pass, PassResult, register
 from einscade.passes.naming import fresh_name
@@ -129,6 +130,7 @@ class _Tiler:
         carried = frozenset(
             t for t, info in self.scope.tensors.items() if rank in info.ranks and not info.is_input
         )
+        _check_reads(cascade, carried, rank)
         self.split, self.axis_lets = replace(self.plan.split, split=carried).with_axis_lets()
         self.renamed = {t: fresh_name(t + "T", self.taken) for t in cascade.outputs if t in carried}
 
@@ -168,6 +170,21 @@ class _Tiler:
             lets=self.axis_lets
             + tuple(Let(x.name, self.split.expr(x.value), x.loc) for x in self.cascade.lets),
         )
+
+
+def _check_reads(cascade: Cascade, carried: frozenset[str], rank: str) -> None:
+    """Every read of a split tensor must index its query dimension by the query rank itself
+    (chunked linear attention reads FQ at key positions: such a cascade cannot be tiled)."""
+    scope = Scope(cascade)
+    for stmt in cascade.einsums():
+        parts = [stmt.value, *([stmt.predicate] if stmt.predicate is not None else [])]
+        for node in (a for part in parts for a in accesses(part)):
+            if node.tensor not in carried:
+                continue
+            dim = scope.tensors[node.tensor].ranks.index(rank)
+            if node.indices[dim] != Name(rank):
+                index = print_expr(node.indices[dim])
+                raise EinscadeError(f"tile: {node.tensor} is read at {index}, not at {rank!r}")
 
 
 def _rename(expr: Expr, renamed: dict[str, str]) -> Expr:

@@ -63,3 +63,9 @@ def test_grid_tile_must_match_the_grid():
 def test_bad_tile_text_is_reported():
     with pytest.raises(EinscadeError, match="tile: expected sizes like 128 or 8x16, got '8y'"):
         Tile(p="8y").run(load("examples/attention_2pass.ecas"))
+
+
+def test_a_tensor_read_at_other_positions_cannot_be_tiled():
+    chunked = run_pipeline(small("linear_causal"), "chunk-linear", debug=0, dump_dir="").cascade
+    with pytest.raises(EinscadeError, match="tile: FQ is read at m1 \\* M0 \\+ m0q, not at 'p'"):
+        Tile(p="4").run(chunked)
