@@ -19,6 +19,7 @@ from rich.console import Console
 
 from einscade.frontends.onnx.errors import OnnxModelError
 from einscade.frontends.onnx.load import LoadedModel, load_model
+from einscade.frontends.onnx.progress import Steps, is_large
 from einscade.frontends.onnx.report import (
     op_counts,
     print_inspection,
@@ -55,10 +56,14 @@ class RewriteResult:
     notes: tuple[str, ...]
 
 
-def inspect_model(path: str | os.PathLike, console: Console) -> Discovery:
-    """Print the sites of the model at ``path`` with their cascades; return them."""
+def inspect_model(
+    path: str | os.PathLike, console: Console, *, progress: bool | None = None
+) -> Discovery:
+    """Print the sites of the model at ``path`` with their cascades; return them.
+    ``progress``: show bars (None: on large models, see :mod:`.progress`)."""
     loaded = load_model(path)
-    found = find_sites(loaded.model)
+    with _steps(loaded, progress) as steps:
+        found = find_sites(loaded.model, steps)
     print_inspection(loaded.path, loaded.model, found, console)
     for note in loaded.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
@@ -72,20 +77,21 @@ def rewrite_model(
     *,
     report: bool = False,
     console: Console | None = None,
+    progress: bool | None = None,
+    progress_console: Console | None = None,
 ) -> RewriteResult:
-    """Rewrite the attention sites of ``source`` in ``mode`` and write ``out`` if it validates."""
-    if mode == "ort":
-        raise OnnxModelError(
-            "--to ort (com.microsoft MultiHeadAttention/GroupQueryAttention) is not implemented "
-            "yet; use --to function or --to onnx-attention"
-        )
+    """Rewrite the attention sites of ``source`` in ``mode`` and write ``out`` if it validates.
+
+    ``progress``: progress bars on ``progress_console`` (default stderr) for discovery and
+    validation; None shows them on large models only (:mod:`.progress`)."""
     source, out = Path(source), Path(out)
     _check_output_path(source, out)
     loaded = load_model(source)
     before = op_counts(loaded.model)
-    model, decisions, notes = _rewrite_in_memory(loaded.model, mode)
-    after = op_counts(model)
-    comparison = _write_validated(loaded, model, out, decisions)
+    with _steps(loaded, progress, progress_console) as steps:
+        model, decisions, notes = _rewrite_in_memory(loaded.model, mode, steps)
+        after = op_counts(model)
+        comparison = _write_validated(loaded, model, out, decisions, steps)
     result = RewriteResult(out, decisions, comparison, (*loaded.notes, *notes))
     if console is not None:
         if report:
@@ -107,41 +113,56 @@ def _check_output_path(source: Path, out: Path) -> None:
         raise OnnxModelError(f"{out}: is a folder")
 
 
-def _rewrite_in_memory(model: ir.Model, mode: str) -> tuple[ir.Model, tuple[Decision, ...], list]:
+def _steps(loaded: LoadedModel, progress: bool | None, console: Console | None = None) -> Steps:
+    if progress is None:
+        progress = is_large(loaded.model, [loaded.path, *loaded.data_files])
+    return Steps(progress, console)
+
+
+def _rewrite_in_memory(
+    model: ir.Model, mode: str, steps: Steps
+) -> tuple[ir.Model, tuple[Decision, ...], list]:
     """The model to write (rewritten in place, or a converted copy), decisions, notes."""
-    found = find_sites(model)
-    if mode == "function" or not any(expressible(s) for s in found.sites):
+    found = find_sites(model, steps)
+    if mode != "onnx-attention" or not any(expressible(s) for s in found.sites):
         return model, rewrite_sites(model, found.sites, mode), []
     # Attention needs opset 23; convert a copy so a failed conversion leaves nothing behind.
     converted, blocked = raise_opset(model)
     if blocked is not None:
         return model, tuple(Decision(s, False, "kept", blocked) for s in found.sites), [blocked]
     notes = [] if converted is model else [f"opset converted to {ATTENTION_OPSET}"]
-    found = find_sites(converted) if converted is not model else found
+    found = find_sites(converted, steps) if converted is not model else found
     return converted, rewrite_sites(converted, found.sites, mode), notes
 
 
-def _write_validated(loaded: LoadedModel, model: ir.Model, out: Path, decisions) -> Comparison:
+def _write_validated(
+    loaded: LoadedModel, model: ir.Model, out: Path, decisions, steps: Steps
+) -> Comparison:
     """Save into a temporary folder beside ``out``, validate, then move into place."""
     data_name = _data_file_name(loaded, out)
     rewritten = tuple(d.site for d in decisions if d.rewritten)
     sites = tuple(d.site for d in decisions)
     folder = Path(tempfile.mkdtemp(prefix=".einscade-", dir=out.parent))
+    stage = steps.stage("validating", total=5)
     try:
         staged = folder / out.name
+        stage.step("writing")
         try:
             _inline_small_external_tensors(model)
             ir.save(model, staged, external_data=data_name, size_threshold_bytes=_INLINE)
         except Exception as error:
             raise OnnxModelError(f"{out}: cannot serialize the rewritten model: {error}") from error
+        stage.step("onnx checker")
         _check_with_onnx(staged, loaded.path)
+        stage.step("shape inference")
         check_site_shapes(staged, rewritten)
-        comparison = compare(loaded.path, model, staged, sites)
+        comparison = compare(loaded.path, model, staged, sites, stage=stage)
         if data_name is not None:
             os.replace(folder / data_name, out.parent / data_name)
         os.replace(staged, out)
         return comparison
     finally:
+        stage.done()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -213,6 +234,7 @@ def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
     rewrite_cmd.add_argument(
         "--to", choices=("function", "onnx-attention", "ort"), default="function",
         help="function: local einscade functions carrying the cascade (default); "
-        "onnx-attention: the opset-23 Attention op; ort: not implemented yet",
+        "onnx-attention: the opset-23 Attention op; ort: com.microsoft MultiHeadAttention / "
+        "GroupQueryAttention (onnxruntime)",
     )  # fmt: skip
     rewrite_cmd.add_argument("--report", action="store_true", help="print the rewrite tables")

@@ -50,6 +50,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as error:  # a model we can still read; matching just sees fewer shapes
         notes.append(f"shape inference failed: {' '.join(str(error).split())[:200]}")
+    proto = _infer_through_contrib_ops(proto, notes)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
@@ -57,6 +58,24 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     _bind_external_tensors(model, path.parent)
     _restore_function_input_types(proto, model)
     return LoadedModel(path, model, data_files, tuple(notes))
+
+
+def _infer_through_contrib_ops(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """onnx stops at com.microsoft ops (no schemas): onnxruntime's symbolic shape inference
+    knows them, so types and shapes reach the values after them."""
+    if not any(node.domain == "com.microsoft" for node in proto.graph.node):
+        return proto
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        # It would read external data relative to the working folder, not the model's.
+        notes.append("com.microsoft ops and external data: onnxruntime's shape inference skipped")
+        return proto
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+    except Exception as error:
+        notes.append(f"onnxruntime's shape inference failed: {' '.join(str(error).split())[:200]}")
+        return proto
 
 
 def read_proto(path: Path) -> onnx.ModelProto:

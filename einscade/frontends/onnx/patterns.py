@@ -11,9 +11,13 @@ Forms of the decomposed chain (torch dynamo at opsets 18-23 and the legacy expor
     K^T  = Transpose(K, perm) | Reshape(Transpose(Reshape(K), [0, 2, 1])) | K^T as given
     S    = MatMul(Q [*|/ sq], K^T [*|/ sk]) [*|/ s]     # scale on scores, or sqrt on Q and K
     S    = S [+ mask]                                   # additive float mask or bias
+    S    = [Reshape(Reshape(S, [B, W, H, P, M]) + window mask, back)]  # Swin's shifted windows
     A    = [Cast] Softmax([Cast] S, axis=last) [Cast]   # softmax in another precision
     A    = A [-> Where(IsNaN(A), 0, A)]                 # SDPA's fully-masked-row guard
     out  = MatMul(A, V)
+
+Fused ops are sites too: the standard ``Attention`` (opset 23+) and com.microsoft's
+``Attention`` (QKV projection included) and ``MultiHeadAttention``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def _scaled(op, x, scale, tag: str):
 class DecomposedAttention(pattern.PatternBase):
     """MatMul -> [scale] -> [Add mask] -> Softmax -> [IsNaN guard] -> MatMul with V."""
 
-    def pattern(self, op, query, key, value, mask, q_scale, k_scale, s_scale, guard_fill):
+    def pattern(self, op, query, key, value, mask, q_scale, k_scale, s_scale, guard_fill,
+                window_shape, window_mask, unwindow_shape):  # fmt: skip
         key_perm = pattern.AttrVar("key_perm")
         key_t = pattern.OrValue(
             [
@@ -57,6 +62,10 @@ class DecomposedAttention(pattern.PatternBase):
         scores = pattern.OrValue(
             [op.Add(scores, mask), scores], tag_var="masked", tag_values=(True, False)
         )
+        # Swin's shifted windows: a per-window mask added to a [B, windows, H, P, M] view.
+        windowed = op.Reshape(op.Add(op.Reshape(scores, window_shape), window_mask),
+                              unwindow_shape)  # fmt: skip
+        scores = pattern.OrValue([windowed, scores], tag_var="windowed", tag_values=(True, False))
         # Softmax in another precision: Cast before it and one or two Casts after it. (Every
         # OrValue gets a tag_var: onnxscript 0.7.2 cannot commute an untagged one.)
         scores = pattern.OrValue(
@@ -100,6 +109,22 @@ class AttentionOp(pattern.PatternBase):
         if context.root.domain not in ("", "ai.onnx"):
             raise MatchFailureError("Attention of another domain", context.root)
         return pattern.MatchResult()
+
+
+class MicrosoftAttention(pattern.PatternBase):
+    """com.microsoft ``Attention``: the QKV projection and attention in one node."""
+
+    def pattern(self, op, x, weights):
+        return op.Attention(x, weights, _domain="com.microsoft", _allow_other_inputs=True,
+                            _allow_other_attributes=True)  # fmt: skip
+
+
+class MicrosoftMultiHeadAttention(pattern.PatternBase):
+    """com.microsoft ``MultiHeadAttention`` (separate, packed-KV or packed-QKV inputs)."""
+
+    def pattern(self, op, query):
+        return op.MultiHeadAttention(query, _domain="com.microsoft", _allow_other_inputs=True,
+                                     _allow_other_attributes=True)  # fmt: skip
 
 
 def _check_softmax_axis(model: ir.Model, softmax: ir.Node, axis_attr: ir.Attr | None) -> None:
@@ -153,4 +178,6 @@ def commuted(matcher: pattern.PatternBase) -> tuple[pattern.RewriteRule, ...]:
 FAMILIES: tuple[tuple[str, tuple[pattern.RewriteRule, ...]], ...] = (
     ("decomposed", commuted(DecomposedAttention())),
     ("attention-op", commuted(AttentionOp())),
+    ("ms-attention", commuted(MicrosoftAttention())),
+    ("ms-mha", commuted(MicrosoftMultiHeadAttention())),
 )

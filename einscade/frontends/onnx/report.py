@@ -56,13 +56,19 @@ def _site_table(sites: tuple[Site, ...]) -> Table:
         table.add_column(column, overflow="fold")
     for site in sites:
         scale = "run time" if site.scale is None else f"{site.scale:.6g}"
-        if site.family == "attention-op" and site.scale is None:
+        if site.family != "decomposed" and site.scale is None:
             scale = "1/sqrt(E)"
         table.add_row(
             str(site.index), site.family, Text(site.container), *(Text(x) for x in (
-                site.q, site.k, site.v, site.mask or "-", site.output)), scale,
+                site.q, site.k, site.v, _mask_cell(site), site.output)), scale,
         )  # fmt: skip
     return table
+
+
+def _mask_cell(site: Site) -> str:
+    if site.mask is None:
+        return "-"
+    return site.mask if site.mask_family is None else f"{site.mask} = {site.mask_family}"
 
 
 def _print_site(site: Site, console: Console) -> None:
@@ -72,8 +78,10 @@ def _print_site(site: Site, console: Console) -> None:
         f"  shapes: {', '.join(f'{role} {shape}' for role, shape in site.shapes)}",
         f"  layout: {site.layout}",
         f"  scale:  {site.scale_form}" + ("" if site.scale is None else f" = {site.scale:.6g}"),
-        f"  causal: {site.causal}, grouped KV heads: {site.kv_heads}, mask: {site.mask_form}",
+        f"  causal flag: {site.causal}, grouped KV heads: {site.kv_heads}, mask: {site.mask_form}",
     ]
+    if site.mask_family is not None:
+        lines.append(f"  mask structure: {site.mask_family} (verified element by element)")
     lines += [f"  note:   {note}" for note in site.notes]
     console.print(Text("\n".join(lines)))
     console.file.write(_indent(print_cascade(site.cascade)))

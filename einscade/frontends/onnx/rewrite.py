@@ -8,7 +8,8 @@ runtime still runs the original computation, and a compiler can read the cascade
 ``Attention`` node (``scale`` is the product of the chain's scale factors; a 3-D chain is
 unsqueezed to 4-D and back). Sites it cannot express are kept, with the reason.
 
-(``ort``, com.microsoft MultiHeadAttention, is a later increment.)
+``ort``: onnxruntime's com.microsoft ``MultiHeadAttention`` (or ``GroupQueryAttention`` for
+grouped KV heads and soft-capping), see :mod:`einscade.frontends.onnx.ort`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ import onnx.helper
 import onnx_ir as ir
 from onnxscript import version_converter
 
-from einscade.frontends.onnx.shapes import same_dim, shape_text
+from einscade.frontends.onnx.layouts import (
+    FLOATS,
+    Emitter,
+    dropped_mask,
+    head_blockers,
+    key_shape,
+    mask_blockers,
+)
+from einscade.frontends.onnx.ort import MS_DOMAIN, OrtPlan, ort_nodes, ort_plan
 from einscade.frontends.onnx.sites import Site
 from einscade.ir.printer import print_cascade
 
 DOMAIN = "einscade"
+MODES = ("function", "onnx-attention", "ort")
 ATTENTION_OPSET = 23
-_FLOATS = frozenset(
-    {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
-)
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,8 @@ class Decision:
 
 def rewrite_sites(model: ir.Model, sites: tuple[Site, ...], mode: str) -> tuple[Decision, ...]:
     """Rewrite ``sites`` of ``model`` (modified in place) in ``mode``; one decision per site."""
-    if mode not in ("function", "onnx-attention"):
-        raise ValueError(f"rewrite mode {mode!r} is not implemented")
+    if mode not in MODES:
+        raise ValueError(f"rewrite mode {mode!r} is not one of {', '.join(MODES)}")
     # Read before rewriting: removed nodes lose their inputs.
     outer = {site.index: _outer_inputs(site) for site in sites}
     decisions = []
@@ -56,6 +63,8 @@ def rewrite_sites(model: ir.Model, sites: tuple[Site, ...], mode: str) -> tuple[
             decisions.append(Decision(site, False, "kept", reason))
         elif mode == "function":
             decisions.append(_wrap_in_function(model, site))
+        elif mode == "ort":
+            decisions.append(_to_ort(model, site))
         else:
             decisions.append(_to_attention_op(model, site))
     dead = [
@@ -88,7 +97,7 @@ def _wrap_in_function(model: ir.Model, site: Site) -> Decision:
     inner = [v for v in outer if _small_constant(v) and v not in _roles(site)]
     outer = [v for v in outer if v not in inner]
     name = _fresh_function_name(model, f"{site.cascade.name}_{site.index}")
-    text = print_cascade(site.cascade)
+    text = cascade_text(site)
     formal = {v: ir.Value(name=v.name, shape=v.shape, type=v.type) for v in outer}
     constants = [_constant_node(v) for v in inner]
     formal.update({v: node.outputs[0] for v, node in zip(inner, constants, strict=True)})
@@ -107,8 +116,20 @@ def _wrap_in_function(model: ir.Model, site: Site) -> Decision:
         DOMAIN, name, outer, [ir.Attr("cascade", ir.AttributeType.STRING, text)],
         num_outputs=1, name=f"einscade_{name}",
     )  # fmt: skip
+    # onnx infers no types through contrib ops in a function body: state the output's.
+    output = site.values.output
+    call.outputs[0].type = output.type or ir.TensorType(site.values.query.dtype)
+    call.outputs[0].shape = output.shape
     _replace(graph, site, [call], call.outputs[0])
     return Decision(site, True, f"function {DOMAIN}::{name}", f"{len(nodes)} nodes wrapped")
+
+
+def cascade_text(site: Site) -> str:
+    """The printed cascade, after a comment naming a recognised constant mask's family."""
+    text = print_cascade(site.cascade)
+    if site.mask_family is None:
+        return text
+    return f"# mask '{site.mask}': {site.mask_family}, recognised from the constant\n{text}"
 
 
 def _roles(site: Site) -> tuple[ir.Value, ...]:
@@ -200,7 +221,24 @@ def raise_opset(model: ir.Model, version: int = ATTENTION_OPSET) -> tuple[ir.Mod
     opsets = [onnx.helper.make_opsetid("", version)]
     minimum = onnx.helper.find_min_ir_version_for(opsets)
     converted.ir_version = max(converted.ir_version or 0, minimum)
+    broken = _conversion_error(converted)
+    if broken is not None:
+        return model, f"converting opset {current} to {version} gives an invalid model: {broken}"
     return converted, None
+
+
+def _conversion_error(model: ir.Model) -> str | None:
+    """The onnx checker's complaint about a converted graph's nodes (the converter can leave
+    attributes of the old opset behind); nodes only, so no weights are read."""
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = model.ir_version
+    context.opset_imports = dict(model.opset_imports)
+    for node in model.graph:
+        try:
+            onnx.checker.check_node(ir.serde.serialize_node(node), context)
+        except Exception as error:
+            return " ".join(str(error).split())[:200]
+    return None
 
 
 def expressible(site: Site) -> bool:
@@ -212,73 +250,26 @@ def attention_blockers(site: Site) -> list[str]:
     """Why the standard Attention op cannot express this site ([] if it can)."""
     if site.family == "attention-op":
         return ["already a standard Attention op"]
+    if site.family.startswith("ms-"):
+        return ["a com.microsoft op: kept as it is"]
     v = site.values
     reasons = [n for n in site.notes if n.startswith("softmax runs in")]
     if site.scale is None:
         reasons.append("the scale is computed at run time (Attention takes a constant)")
     if v.key is None:
         return [*reasons, "K is only available transposed, through dynamic Reshapes"]
-    if v.query.dtype not in _FLOATS:
+    if v.query.dtype not in FLOATS:
         reasons.append(f"Q has dtype {v.query.dtype}")
-    shapes = [v.query.shape, _key_shape(site), v.value.shape]
+    shapes = [v.query.shape, key_shape(site), v.value.shape]
     if any(s is None for s in shapes):
         return [*reasons, "the ranks of Q, K, V are unknown"]
     ranks = {len(s) for s in shapes}
     if len(ranks) != 1 or ranks.pop() not in (3, 4):
         return [*reasons, f"Q, K, V have ranks {[len(s) for s in shapes]} (Attention takes 4-D)"]
-    reasons += _head_blockers(*shapes)
-    reasons += _mask_blockers(site)
+    reasons += head_blockers(*shapes)
+    if dropped_mask(site) is None:
+        reasons += mask_blockers(site)
     return reasons
-
-
-def _key_shape(site: Site) -> ir.Shape | None:
-    v = site.values
-    if v.key_reshape is not None:
-        return ir.Shape(v.key_reshape)
-    if v.key.shape is None or v.key_perm is None:
-        return v.key.shape
-    if len(v.key_perm) != len(v.key.shape):
-        return None
-    return ir.Shape([v.key.shape[p] for p in v.key_perm])
-
-
-def _head_blockers(q: ir.Shape, k: ir.Shape, v: ir.Shape) -> list[str]:
-    batch = len(q) - 3  # batch axis index (4-D) or -1 (3-D: batch*heads in axis 0)
-    if len(q) == 3:
-        if same_dim(q[0], k[0]) and same_dim(k[0], v[0]):
-            return []
-        return [f"batch*heads of Q, K, V differ or are unknown ({q[0]}, {k[0]}, {v[0]})"]
-    reasons = []
-    if not (same_dim(q[batch], k[batch]) and same_dim(k[batch], v[batch])):
-        reasons.append(f"batch of Q, K, V differ or are unknown ({q[0]}, {k[0]}, {v[0]})")
-    if not same_dim(k[1], v[1]):
-        reasons.append(f"K and V have different heads ({k[1]}, {v[1]})")
-    if not (same_dim(q[1], k[1]) or k[1] == 1):
-        reasons.append(f"Q heads {q[1]} are not a multiple of K heads {k[1]}")
-    return reasons
-
-
-def _mask_blockers(site: Site) -> list[str]:
-    mask = site.values.mask
-    if mask is None:
-        return []
-    if mask.dtype != site.values.query.dtype:
-        return [f"the mask has dtype {mask.dtype}, Q has {site.values.query.dtype}"]
-    scores = next(n for n in site.values.nodes if n.op_type == "Softmax").inputs[0].shape
-    if mask.shape is None or scores is None:
-        return ["the mask or score shapes are unknown"]
-    if len(mask.shape) > len(scores):
-        return [f"the mask {shape_text(mask.shape)} has more axes than the scores"]
-    for dim, score_dim in zip(reversed(mask.shape), reversed(scores), strict=False):
-        # A valid Add cannot stretch a score axis longer than 1: an unknown mask dim there
-        # is 1 or equal to it.
-        fits = isinstance(score_dim, int) and score_dim > 1 and not isinstance(dim, int)
-        if not (dim == 1 or fits or same_dim(dim, score_dim)):
-            return [
-                f"the mask {shape_text(mask.shape)} does not broadcast to the scores "
-                f"{shape_text(scores)}"
-            ]
-    return []
 
 
 def _to_attention_op(model: ir.Model, site: Site) -> Decision:
@@ -288,51 +279,54 @@ def _to_attention_op(model: ir.Model, site: Site) -> Decision:
     new_nodes, output = _attention_nodes(site)
     _replace(model.graph, site, new_nodes, output)
     # Without SDPA's IsNaN guard a row whose mask hides every key gave NaN; Attention gives 0.
+    return Decision(site, True, f"Attention (opset {ATTENTION_OPSET})", mask_remark(site))
+
+
+def mask_remark(site: Site) -> str:
+    """What became of the site's mask in a fused op."""
+    dropped = dropped_mask(site)
+    if dropped is not None:
+        return {"causal": "constant causal mask -> causal flag",
+                "nothing": "constant mask hides nothing: dropped"}[dropped]  # fmt: skip
+    # Without SDPA's IsNaN guard a row whose mask hides every key gave NaN; the ops give 0.
     guarded = any("IsNaN" in note for note in site.notes)
-    remark = "" if guarded or site.mask is None else "rows masked entirely by -inf give 0, not NaN"
-    return Decision(site, True, f"Attention (opset {ATTENTION_OPSET})", remark)
+    return "" if guarded or site.mask is None else "rows masked entirely by -inf give 0, not NaN"
+
+
+def _to_ort(model: ir.Model, site: Site) -> Decision:
+    plan = ort_plan(site)
+    if not isinstance(plan, OrtPlan):
+        return Decision(site, False, "kept", "; ".join(plan))
+    new_nodes, output = ort_nodes(site, plan)
+    _replace(model.graph, site, new_nodes, output)
+    model.opset_imports.setdefault(MS_DOMAIN, 1)
+    return Decision(site, True, f"{plan.op} ({MS_DOMAIN})", plan.remark)
 
 
 def _attention_nodes(site: Site) -> tuple[list[ir.Node], ir.Value]:
     v = site.values
-    tag = f"{site.output}__einscade"
-    nodes: list[ir.Node] = []
-
-    def add(op: str, inputs, suffix: str, **attrs) -> ir.Value:
-        attributes = [_attr(k, x) for k, x in attrs.items()]
-        node = ir.Node("", op, inputs, attributes, num_outputs=1, name=f"{tag}_{suffix}")
-        node.outputs[0].name = f"{tag}_{suffix}"
-        nodes.append(node)
-        return node.outputs[0]
-
-    key = v.key
-    if v.key_perm is not None:
-        key = add("Transpose", [key], "k", perm=list(v.key_perm))
-    if v.key_reshape is not None:
-        shape = add("Constant", [], "k_shape", value=ir.tensor(np.array(v.key_reshape, np.int64)))
-        key = add("Reshape", [key, shape], "k")
+    emit = Emitter(f"{site.output}__einscade")
+    key = emit.key(site)
     inputs = [v.query, key, v.value]
     three_d = len(v.query.shape) == 3
     if three_d:
-        axes = add("Constant", [], "axes", value=ir.tensor(np.array([0], dtype=np.int64)))
-        inputs = [add("Unsqueeze", [x, axes], f"{r}4d") for x, r in zip(inputs, "qkv", strict=True)]
-    if v.mask is not None:
-        mask = v.mask
-        if three_d and len(mask.shape) == 3:
-            mask = add("Unsqueeze", [mask, axes], "mask4d")
+        axes = emit.const(np.array([0], dtype=np.int64), "axes")
+        inputs = [
+            emit.add("Unsqueeze", [x, axes], f"{r}4d") for x, r in zip(inputs, "qkv", strict=True)
+        ]
+    dropped = dropped_mask(site)
+    if v.masked and dropped is None:
+        mask, rank = emit.bias(site, key)
+        if three_d and rank == 3:
+            mask = emit.add("Unsqueeze", [mask, axes], "mask4d")
         inputs.append(mask)
-    out = add("Attention", inputs, "attention", scale=float(site.scale))
+    attrs = {"scale": float(site.scale)}
+    if dropped == "causal":
+        attrs["is_causal"] = 1
+    out = emit.add("Attention", inputs, "attention", **attrs)
     if three_d:
-        out = add("Squeeze", [out, axes], "out3d")
-    return nodes, out
-
-
-def _attr(name: str, value) -> ir.Attr:
-    if isinstance(value, float):
-        return ir.Attr(name, ir.AttributeType.FLOAT, value)
-    if isinstance(value, list):
-        return ir.Attr(name, ir.AttributeType.INTS, value)
-    return ir.Attr(name, ir.AttributeType.TENSOR, value)
+        out = emit.add("Squeeze", [out, axes], "out3d")
+    return emit.nodes, out
 
 
 def _drop_dead_values(model: ir.Model, candidates: list[ir.Value]) -> None:

@@ -2,85 +2,44 @@
 
 A *site* is one match of a pattern in :mod:`einscade.frontends.onnx.patterns`, in the main
 graph or in a model-local function. Its record names the ONNX values of Q, K, V, mask and
-output, the head layout, the scale, and the cascade built by
-:func:`einscade.frontends.softmax.softmax_attention`. Every Softmax that no site covers is
-reported as a *miss* with the reason onnxscript's matcher (or our check) gave.
+output, the head layout, the scale, and its cascade: :func:`~einscade.frontends.softmax.
+softmax_attention`, or the builder of the family a constant mask was recognised as (the
+``recognise`` hook, :mod:`einscade.frontends.onnx.masks`). com.microsoft ops are lifted in
+:mod:`einscade.frontends.onnx.microsoft`. Every Softmax that no site covers is reported as a
+*miss* with the reason onnxscript's matcher (or our check) gave.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-import onnxscript.optimizer
 from onnxscript.rewriter import pattern
 
+from einscade.frontends.onnx import microsoft
+from einscade.frontends.onnx.masks import cascade_for, recognise_constant
 from einscade.frontends.onnx.misses import Miss, find_misses
-from einscade.frontends.onnx.patterns import (
-    FAMILIES,
-    SCALE_PLACES,
-    SCALE_VARS,
-    SCALING_TAGS,
-    scalar_value,
+from einscade.frontends.onnx.patterns import FAMILIES, SCALE_PLACES, SCALE_VARS, SCALING_TAGS
+from einscade.frontends.onnx.progress import QUIET, Steps
+from einscade.frontends.onnx.records import (
+    ConstantLookup,
+    MaskInfo,
+    Recogniser,
+    Site,
+    SiteValues,
+    layout_of,
+    shapes_of,
 )
-from einscade.frontends.onnx.shapes import escapes, node_name, same_dim, shape_text
-from einscade.frontends.softmax import softmax_attention
-from einscade.ir.cascade import Cascade
+from einscade.frontends.onnx.shapes import escapes, node_name, same_dim
 
-# TODO(mask_structure): a callable ``recognise(mask: np.ndarray) -> structure | None`` that
-# turns a constant mask into a cascade predicate (causal, sliding window, neighborhood).
-# Until it is set, constant masks are lifted as the cascade's ``bias`` input.
-recognise: Callable[[np.ndarray], object | None] | None = None
+# Turns a constant mask into the structure the cascade's predicate is built from (causal,
+# windows, neighborhood, blocks, ...). Set to None to lift every constant mask as a bias.
+recognise: Recogniser | None = recognise_constant
 
-
-@dataclass(frozen=True)
-class SiteValues:
-    """The onnx-ir handles of a site, for rewriting it."""
-
-    nodes: tuple[ir.Node, ...]  # in graph order
-    shared: tuple[ir.Node, ...]  # nodes of the site that others read too: copied, not moved
-    output: ir.Value
-    query: ir.Value
-    # K as [..., M, E] is key, Transpose(key, key_perm) or Reshape(key, key_reshape);
-    # None when the exported form hides it (dynamic Reshape -> Transpose -> Reshape).
-    key: ir.Value | None
-    key_perm: tuple[int, ...] | None
-    key_reshape: tuple[int, ...] | None
-    value: ir.Value
-    mask: ir.Value | None
-
-
-@dataclass(frozen=True)
-class Site:
-    """One attention site: where it is, what it reads, and its cascade."""
-
-    index: int
-    family: str  # "decomposed" (MatMul ... Softmax ... MatMul) or "attention-op"
-    container: str  # "graph" or "function DOMAIN::NAME"
-    node_names: tuple[str, ...]
-    q: str
-    k: str
-    v: str
-    mask: str | None
-    output: str
-    shapes: tuple[tuple[str, str], ...]  # (role, "[2, 4, 6, 8]")
-    layout: str
-    scale: float | None  # None: not known before run time
-    scale_form: str
-    causal: bool | str
-    kv_heads: bool
-    mask_form: str | None
-    notes: tuple[str, ...]
-    cascade: Cascade
-    values: SiteValues = field(compare=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        """``site N (output 'name')``: how reports and errors refer to the site."""
-        return f"site {self.index} (output '{self.output}')"
+__all__ = ["Discovery", "Site", "SiteValues", "find_sites", "recognise"]
 
 
 @dataclass(frozen=True)
@@ -89,15 +48,16 @@ class Discovery:
     misses: tuple[Miss, ...]
 
 
-def find_sites(model: ir.Model) -> Discovery:
-    """All attention sites of the model's graph and local functions, plus near misses."""
-    constants = ConstantLookup(model)
+def find_sites(model: ir.Model, steps: Steps = QUIET) -> Discovery:
+    """All attention sites of the model's graph and local functions, plus near misses
+    (``steps`` shows a progress bar per graph or function)."""
+    constants = ConstantLookup(model, recognise)
     sites: list[Site] = []
     misses: list[Miss] = []
     for label, container in _containers(model):
         claimed: set[ir.Node] = set()
         order = {node: k for k, node in enumerate(container)}
-        for node in container:
+        for node in steps.track(list(container), len(order), f"finding attention in {label}"):
             if node in claimed:
                 continue
             found = _match(model, container, node)
@@ -106,7 +66,7 @@ def find_sites(model: ir.Model) -> Discovery:
             family, match, shared = found
             nodes = tuple(sorted(set(match.nodes), key=order.__getitem__))
             claimed.update(nodes)
-            lift = _lift_decomposed if family == "decomposed" else _lift_attention_op
+            lift = _LIFTERS[family]
             sites.append(lift(len(sites), label, (nodes, shared), match, constants))
         misses.extend(find_misses(model, label, container, claimed))
     return Discovery(tuple(sites), tuple(misses))
@@ -123,7 +83,7 @@ def _match(model, container, node) -> tuple[str, pattern.MatchResult, tuple] | N
     for family, variants in FAMILIES:
         # One Attention node may have present_key/present_value readers: the site still
         # counts, and the rewrite decides (a chain's intermediates must have no other reader).
-        removable = family != "attention-op"
+        removable = family == "decomposed"
         for variant in variants:
             match = variant.match(model, container, node, check_nodes_are_removable=removable)
             if match:
@@ -166,40 +126,6 @@ def _ancestors(node: ir.Node, inside: set[ir.Node]) -> set[ir.Node]:
     return found
 
 
-class ConstantLookup:
-    """Values that are constant once folded (legacy exports compute the scale from shapes).
-
-    Folding runs once, lazily, on a clone with onnxscript's constant folder; value names
-    survive folding, so the clone answers by name.
-    """
-
-    def __init__(self, model: ir.Model):
-        self._model = model
-        self._folded: dict[str, ir.Value] | None = None
-
-    def tensor(self, value: ir.Value | None) -> np.ndarray | None:
-        if value is None:
-            return None
-        if value.const_value is not None:
-            return np.asarray(value.const_value.numpy())
-        scalar = scalar_value(value)
-        if scalar is not None:
-            return np.asarray(scalar)
-        folded = self._fold().get(value.name or "")
-        if folded is None or folded.const_value is None:
-            return None
-        return np.asarray(folded.const_value.numpy())
-
-    def _fold(self) -> dict[str, ir.Value]:
-        if self._folded is None:
-            clone = self._model.clone()
-            onnxscript.optimizer.fold_constants(clone)
-            values = {v.name: v for node in clone.graph for v in node.outputs if v.name}
-            values.update(clone.graph.initializers)
-            self._folded = values
-        return self._folded
-
-
 # -- decomposed chains ----------------------------------------------------------------------
 
 
@@ -211,16 +137,16 @@ def _lift_decomposed(index, label, node_sets, match, constants: ConstantLookup) 
     scale, scale_form, scale_notes = _decomposed_scale(b, constants)
     q_shape, kt_shape = query.shape, b["key_t"].shape
     kv_heads = _broadcast_kv_heads(q_shape, kt_shape)
-    mask_form, mask_notes = _mask_form(mask, constants)
-    notes = [*key_note, *scale_notes, *mask_notes, *_cast_notes(b, query)]
+    window, info, window_notes = _window(b, constants)
+    cascade, mask_notes = cascade_for(
+        info.recognised, has_mask=mask is not None or window is not None, kv_heads=kv_heads,
+        scale=_cascade_scale(scale, _head_dim(q_shape, kt_shape)),
+    )  # fmt: skip
+    notes = [*key_note, *scale_notes, *info.notes, *window_notes, *mask_notes]
+    notes += _cast_notes(b, query)
     if b["guarded"]:
         notes.append("IsNaN/Where guard: fully masked rows give 0")
     notes += [f"{node_name(n)} is shared with other readers: copied into the site" for n in shared]
-    cascade = softmax_attention(
-        kv_heads=kv_heads,
-        scale=_cascade_scale(scale, _head_dim(q_shape, kt_shape)),
-        bias=mask is not None,
-    )
     return Site(
         index=index,
         family="decomposed",
@@ -231,19 +157,46 @@ def _lift_decomposed(index, label, node_sets, match, constants: ConstantLookup) 
         v=value.name or "",
         mask=None if mask is None else mask.name,
         output=match.outputs[0].name or "",
-        shapes=_shapes(Q=query, **{"K^T": b["key_t"]}, V=value, mask=mask, out=match.outputs[0]),
-        layout=_layout(q_shape),
+        shapes=shapes_of(Q=query, **{"K^T": b["key_t"]}, V=value, mask=mask, out=match.outputs[0]),
+        layout=layout_of(q_shape),
         scale=scale,
         scale_form=scale_form,
         causal=False,
         kv_heads=kv_heads,
-        mask_form=mask_form,
+        mask_form=info.form,
         notes=tuple(notes),
         cascade=cascade,
         values=SiteValues(
-            nodes, shared, match.outputs[0], query, key, key_perm, key_reshape, value, mask
+            nodes,
+            shared,
+            match.outputs[0],
+            query,
+            key,
+            key_perm,
+            key_reshape,
+            value,
+            mask,
+            window,
         ),
+        mask_structure=info.recognised,
     )
+
+
+def _window(b: dict, constants: ConstantLookup) -> tuple[tuple | None, MaskInfo, list[str]]:
+    """Swin's per-window mask, the site's mask info, and notes. With a window mask the bias
+    input is the sum of both, so neither is recognised on its own."""
+    info = constants.mask(b["mask"])
+    if not b["windowed"]:
+        return None, info, []
+    window_mask = b["window_mask"]
+    window = (b["window_shape"], window_mask, b["unwindow_shape"])
+    form = constants.mask(window_mask).form
+    notes = [
+        f"window mask '{window_mask.name}' ({form}) is added to a per-window view of the "
+        "scores (Swin's shifted windows); the bias input is its sum with the mask",
+    ]
+    mask_form = form if info.form is None else f"{info.form} + window mask {form}"
+    return window, MaskInfo(mask_form, None, ()), notes
 
 
 def _key_source(b: dict) -> tuple[ir.Value | None, tuple | None, tuple | None, list[str]]:
@@ -322,20 +275,6 @@ def _broadcast_kv_heads(q: ir.Shape | None, kt: ir.Shape | None) -> bool:
     return kt[-3] == 1 and q[-3] != 1
 
 
-def _mask_form(mask: ir.Value | None, constants: ConstantLookup) -> tuple[str | None, list[str]]:
-    if mask is None:
-        return None, []
-    dtype = mask.dtype.name.lower() if mask.dtype is not None else "?"
-    const = constants.tensor(mask)
-    if const is None:
-        return f"{dtype} {shape_text(mask.shape)}", []
-    structure = recognise(const) if recognise is not None else None
-    form = f"constant {dtype} {shape_text(mask.shape)}"
-    if structure is None:
-        return form, ["constant mask lifted as the cascade's bias input"]
-    return form, [f"constant mask recognised as {structure}"]
-
-
 def _cast_notes(b: dict, query: ir.Value) -> list[str]:
     notes = []
     for key in ("pre_cast", "post_cast", "post_cast_2"):
@@ -371,12 +310,12 @@ def _lift_attention_op(index, label, node_sets, match, constants: ConstantLookup
             notes.append("causal is offset by the past length (bottom-right when P = new keys)")
     if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
         notes.append("present_key/present_value or qk outputs are used")
-    mask_form, mask_notes = _mask_form(mask, constants)
-    cascade = softmax_attention(
-        causal=causal, kv_heads=kv_heads, scale=scale, softcap=softcap or None,
-        bias=mask is not None,
+    info = constants.mask(mask)
+    cascade, mask_notes = cascade_for(
+        info.recognised, has_mask=mask is not None, causal=causal, kv_heads=kv_heads,
+        scale=scale, softcap=softcap or None,
     )  # fmt: skip
-    layout = _layout(query.shape)
+    layout = layout_of(query.shape)
     if q_heads is not None:
         layout = f"[batch, tokens, heads*dim] (q_num_heads={q_heads}, kv_num_heads={kv_heads_attr})"
     return Site(
@@ -389,16 +328,17 @@ def _lift_attention_op(index, label, node_sets, match, constants: ConstantLookup
         v=value.name or "",
         mask=None if mask is None else mask.name,
         output=node.outputs[0].name or "",
-        shapes=_shapes(Q=query, K=key, V=value, mask=mask, out=node.outputs[0]),
+        shapes=shapes_of(Q=query, K=key, V=value, mask=mask, out=node.outputs[0]),
         layout=layout,
         scale=scale,
         scale_form="attribute" if scale is not None else "default 1/sqrt(E)",
         causal=causal,
         kv_heads=kv_heads,
-        mask_form=mask_form,
-        notes=tuple(notes + mask_notes),
+        mask_form=info.form,
+        notes=(*notes, *info.notes, *mask_notes),
         cascade=cascade,
         values=SiteValues(nodes, (), node.outputs[0], query, key, None, None, value, mask),
+        mask_structure=info.recognised,
     )
 
 
@@ -410,17 +350,9 @@ def _attention_kv_heads(q, k, q_heads: int | None, kv_heads: int | None) -> bool
     return q[1] != k[1]
 
 
-# -- formatting ------------------------------------------------------------------------------
-
-
-def _shapes(**values: ir.Value | None) -> tuple[tuple[str, str], ...]:
-    return tuple((role, shape_text(v.shape)) for role, v in values.items() if v is not None)
-
-
-def _layout(shape: ir.Shape | None) -> str:
-    rank = None if shape is None else len(shape)
-    return {
-        4: "[batch, heads, tokens, dim]",
-        3: "[batch*heads, tokens, dim] (cascade b = 1)",
-        2: "[tokens, dim] (cascade b = h = 1)",
-    }.get(rank, "unknown rank" if rank is None else f"rank {rank} (leading dims are batch)")
+_LIFTERS = {
+    "decomposed": _lift_decomposed,
+    "attention-op": _lift_attention_op,
+    "ms-attention": microsoft.lift_attention,
+    "ms-mha": microsoft.lift_multi_head,
+}

@@ -18,6 +18,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from einscade.frontends.onnx.errors import OnnxModelError
+from einscade.frontends.onnx.progress import Stage
 from einscade.frontends.onnx.sites import Site
 
 SYMBOLIC_SIZE = 4  # size picked for every symbolic dim of a model input
@@ -79,12 +80,21 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None] | None:
 
 
 def compare(
-    original: Path, model: ir.Model, rewritten: Path, sites: tuple[Site, ...], seed: int = 0
+    original: Path,
+    model: ir.Model,
+    rewritten: Path,
+    sites: tuple[Site, ...],
+    seed: int = 0,
+    stage: Stage | None = None,
 ) -> Comparison:
     """Run both files in onnxruntime on the same random inputs; raise if they disagree."""
     probes = [s for s in sites if s.container == "graph"]
     feeds = random_inputs(model, seed)
+    if stage is not None:
+        stage.step("onnxruntime on the original")
     before = _run(original, probes, feeds, "the original model")
+    if stage is not None:
+        stage.step("onnxruntime on the rewritten model")
     after = _run(rewritten, probes, feeds, "the rewritten model")
     outputs = tuple((o.name, _max_diff(before[o.name], after[o.name])) for o in model.graph.outputs)
     site_diffs = tuple((s.index, _max_diff(before[s.output], after[s.output])) for s in probes)

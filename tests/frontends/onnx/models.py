@@ -127,6 +127,90 @@ def kv_cache_attention_model() -> onnx.ModelProto:
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 23)], ir_version=10)
 
 
+def constant_mask_chain(mask: np.ndarray, heads: int = 2) -> onnx.ModelProto:
+    """The decomposed chain on Q, K, V [1, heads, T, 8] with ``mask`` [T, T] an initializer."""
+    tokens = mask.shape[-1]
+    qkv = [1, heads, tokens, 8]
+    inputs = [oh.make_tensor_value_info(x, TensorProto.FLOAT, qkv) for x in "qkv"]
+    nodes = [
+        oh.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        oh.make_node("MatMul", ["q", "kt"], ["s"]),
+        oh.make_node("Mul", ["s", "scale"], ["ss"]),
+        oh.make_node("Add", ["ss", "mask"], ["sm"]),
+        oh.make_node("Softmax", ["sm"], ["w"], axis=-1),
+        oh.make_node("MatMul", ["w", "v"], ["out"]),
+    ]
+    initializers = [
+        onnx.numpy_helper.from_array(np.array(0.35, np.float32), "scale"),
+        onnx.numpy_helper.from_array(mask.astype(np.float32), "mask"),
+    ]
+    outputs = [oh.make_tensor_value_info("out", TensorProto.FLOAT, qkv)]
+    graph = oh.make_graph(nodes, "masked", inputs, outputs, initializer=initializers)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
+
+
+def swin_window_chain(windows: int = 2, heads: int = 2, tokens: int = 4) -> onnx.ModelProto:
+    """Swin's shifted-window chain: ``(q*s) @ k^T + bias``, viewed per window to add a
+    [1, windows, 1, N, N] mask of 0 / -100, viewed back, softmax, ``@ v``."""
+    rng = np.random.default_rng(0)
+    qkv = [windows, heads, tokens, 8]
+    inputs = [oh.make_tensor_value_info(x, TensorProto.FLOAT, qkv) for x in "qkv"]
+    window_mask = np.zeros((1, windows, 1, tokens, tokens), np.float32)
+    window_mask[0, 1, 0, : tokens // 2, tokens // 2 :] = -100.0  # second window: two regions
+    window_mask[0, 1, 0, tokens // 2 :, : tokens // 2] = -100.0
+    initializers = [
+        onnx.numpy_helper.from_array(np.array(0.35, np.float32), "scale"),
+        onnx.numpy_helper.from_array(
+            (rng.standard_normal((1, heads, tokens, tokens)) * 0.1).astype(np.float32), "bias"
+        ),
+        onnx.numpy_helper.from_array(window_mask, "window_mask"),
+        onnx.numpy_helper.from_array(np.array([-1, windows, heads, tokens, tokens]), "view"),
+        onnx.numpy_helper.from_array(np.array([-1, heads, tokens, tokens]), "back"),
+    ]
+    nodes = [
+        oh.make_node("Mul", ["q", "scale"], ["qs"]),
+        oh.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        oh.make_node("MatMul", ["qs", "kt"], ["s"]),
+        oh.make_node("Add", ["s", "bias"], ["sb"]),
+        oh.make_node("Reshape", ["sb", "view"], ["sw"]),
+        oh.make_node("Add", ["sw", "window_mask"], ["swm"]),
+        oh.make_node("Reshape", ["swm", "back"], ["sm"]),
+        oh.make_node("Softmax", ["sm"], ["w"], axis=-1),
+        oh.make_node("MatMul", ["w", "v"], ["out"]),
+    ]
+    outputs = [oh.make_tensor_value_info("out", TensorProto.FLOAT, qkv)]
+    graph = oh.make_graph(nodes, "swin", inputs, outputs, initializer=initializers)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
+
+
+def attention_op_model(*, softcap: float = 0.0, kv_heads: int = 2) -> onnx.ModelProto:
+    """One 4-D standard Attention op, 4 query heads, ``kv_heads`` KV heads, causal."""
+    q = oh.make_tensor_value_info("q", TensorProto.FLOAT, [2, 4, TOKENS, 8])
+    kv = [oh.make_tensor_value_info(x, TensorProto.FLOAT, [2, kv_heads, TOKENS, 8]) for x in "kv"]
+    out = oh.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4, TOKENS, 8])
+    attrs = {"is_causal": 1, "softcap": softcap} if softcap else {"is_causal": 1}
+    node = oh.make_node("Attention", ["q", "k", "v"], ["out"], name="attention", **attrs)
+    graph = oh.make_graph([node], "attention_4d", [q, *kv], [out])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 23)], ir_version=10)
+
+
+def ms_attention_model() -> onnx.ModelProto:
+    """com.microsoft Attention (QKV projection inside) with a raw [B, T] key padding mask."""
+    rng = np.random.default_rng(0)
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, TOKENS, DIM])
+    mask = oh.make_tensor_value_info("mask_index", TensorProto.INT32, [2, TOKENS])
+    out = oh.make_tensor_value_info("out", TensorProto.FLOAT, [2, TOKENS, DIM])
+    weights = rng.standard_normal((DIM, 3 * DIM)).astype(np.float32) * 0.3
+    bias = rng.standard_normal(3 * DIM).astype(np.float32) * 0.1
+    node = oh.make_node("Attention", ["x", "w", "b", "mask_index"], ["out"], name="ms_attention",
+                        domain="com.microsoft", num_heads=HEADS)  # fmt: skip
+    initializers = [onnx.numpy_helper.from_array(weights, "w"),
+                    onnx.numpy_helper.from_array(bias, "b")]  # fmt: skip
+    graph = oh.make_graph([node], "ms", [x, mask], [out], initializer=initializers)
+    opsets = [oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)]
+    return oh.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
 def externalize(model: onnx.ModelProto, name: str, location: str) -> onnx.ModelProto:
     """Point initializer ``name`` at external data ``location`` (its bytes are not written)."""
     for tensor in model.graph.initializer:
@@ -163,6 +247,8 @@ def feeds_for(path: Path, seed: int = 1) -> dict[str, np.ndarray]:
             feeds[value.name] = rng.random(shape) < 0.8
         elif value.type == "tensor(int64)":
             feeds[value.name] = rng.integers(0, 2, size=shape)
+        elif value.type == "tensor(int32)":  # key padding masks: mostly 1 (visible)
+            feeds[value.name] = (rng.random(shape) < 0.8).astype(np.int32)
         else:
             feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds

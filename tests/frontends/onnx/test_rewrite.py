@@ -115,14 +115,6 @@ def test_cli_inspect_and_rewrite_report(exported, tmp_path, capsys):
         assert text in out, text
 
 
-def test_ort_mode_is_not_implemented_yet(exported, tmp_path, capsys):
-    out = tmp_path / "out.onnx"
-    code = main(["onnx", "rewrite", str(exported("hand_d18")), "-o", str(out), "--to", "ort"])
-    err = capsys.readouterr().err
-    assert code == 1 and "not implemented yet" in err and len(err.strip().splitlines()) == 1
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_failed_validation_names_the_site_and_writes_nothing(exported, tmp_path, monkeypatch):
     make_nodes = rewrite_module._attention_nodes
 

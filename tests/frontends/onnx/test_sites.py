@@ -6,6 +6,7 @@ import math
 
 import onnx
 
+import einscade.frontends.onnx.sites as sites_module
 from einscade.frontends.onnx import find_sites, load_model
 from einscade.ir import parse, print_cascade
 from tests.frontends.onnx import models
@@ -15,7 +16,7 @@ def _sites(path):
     return find_sites(load_model(path).model)
 
 
-def test_hand_chain_dynamo_opset18_is_one_site_with_constant_mask(exported):
+def test_hand_chain_dynamo_opset18_is_one_site_with_constant_causal_mask(exported):
     found = _sites(exported("hand_d18"))
     assert len(found.sites) == 1 and not found.misses
     site = found.sites[0]
@@ -24,9 +25,17 @@ def test_hand_chain_dynamo_opset18_is_one_site_with_constant_mask(exported):
     assert site.mask == "mask" and site.mask_form == "constant float [6, 6]"
     assert dict(site.shapes)["Q"] == "[2, 2, 6, 8]"
     assert site.layout == "[batch, heads, tokens, dim]"
+    # The triu(-1e4) buffer is the causal mask: a predicate, no bias input.
+    assert site.mask_family == "causal (causal=top_left)"
     text = print_cascade(site.cascade)
-    assert "param scale: float = 0.35" in text and "bias[b, h, p, m]" in text
+    assert "param scale: float = 0.35" in text and "if m <= p" in text and "bias" not in text
     assert parse(text) == site.cascade
+
+
+def test_recognise_hook_set_to_none_lifts_constant_masks_as_bias(exported, monkeypatch):
+    monkeypatch.setattr(sites_module, "recognise", None)
+    (site,) = _sites(exported("hand_d18")).sites
+    assert site.mask_family is None and "bias[b, h, p, m]" in print_cascade(site.cascade)
 
 
 def test_hand_chain_legacy_exporter_is_found_too(exported):
