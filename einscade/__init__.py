@@ -7,6 +7,7 @@ out = einscade.reference(cascade, Q=q, K=k, V=v)
 """
 
 from einscade.codegen.reference import reference
+from einscade.compiler.api import compile as compile  # noqa: A004  (einscade.compile)
 from einscade.frontends import (
     agent_attention,
     channel_attention,

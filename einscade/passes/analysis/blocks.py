@@ -7,13 +7,20 @@ ranges of row-major tokens (FlexAttention's 1-D blocks). Key tiles depend on ``k
 
 - ``"grid"``: the fixed grid of key tiles of shape ``key_tile`` (boxes or token ranges, the
   same way). The key region of a query tile (:meth:`BoxEvaluator.key_region`) names blocks
-  of candidate tiles directly; a block is judged whole first (TRUE or FALSE holds for all
-  its tiles, so a run of full or empty tiles costs one evaluation) and halved otherwise.
-  The cost grows with the visited tiles, never with P * M.
+  of candidate tiles directly; tiles outside its fail region (keys some query may refuse,
+  :meth:`BoxEvaluator.fail_region`) are full without evaluation, and a run of the others is
+  judged whole first (TRUE or FALSE holds for all its tiles) and halved otherwise. The cost
+  grows with the visited tiles, never with P * M.
 - ``"box"``: one key box per query tile, the bounding box of its key region with the
   innermost extent padded up to a multiple of ``pad`` (kept inside the grid). Boxes of a
   union (an ``or``, e.g. attention sinks ``m < sinks``) stay separate small tiles as long as
-  merging them would cost more keys.
+  merging them would cost more keys. With ``split`` (1-D keys) a partial box is cut into a
+  partial head, a full core and a partial tail.
+
+A mask that is a conjunction of per-axis conditions (NATTEN windows, HaloNet, blocked or
+folded grid attention) is classified axis by axis over box tiles: a tile is the product of
+per-axis answers, which are few and cached (:class:`Classifier`). :class:`Classifier` keeps
+one evaluator for many tilings (layout selection) and classifies samples of rows.
 
 Sound by construction (and tested against brute force): a tile called full has every pair
 allowed, and every allowed pair lies in a visited tile.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -39,6 +47,7 @@ from einscade.passes.analysis.intervals import (
     Interval,
     hull,
     intersect_box,
+    meets,
 )
 from einscade.passes.analysis.masks import Axes, BoundMask, Mask, Params, Sizes
 
@@ -53,10 +62,10 @@ class KeyTile:
     origin: tuple[int, ...]
     shape: tuple[int, ...]
     full: bool
+    size: int = dataclasses.field(init=False, repr=False, compare=False)  # keys in the tile
 
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", math.prod(self.shape))
 
 
 class BlockMaskArrays(NamedTuple):
@@ -195,6 +204,18 @@ class _Tiling:
             *(range(0, g, t) for g, t in zip(self.grid, self.tile, strict=True))
         )
 
+    @property
+    def count(self) -> int:
+        return math.prod(_counts(self.grid, self.tile))
+
+    def origin_at(self, index: int) -> tuple[int, ...]:
+        """The origin of the ``index``-th tile in row-major order of the origins."""
+        coords = []
+        for n in reversed(_counts(self.grid, self.tile)):
+            index, c = divmod(index, n)
+            coords.append(c)
+        return tuple(c * t for c, t in zip(reversed(coords), self.tile, strict=True))
+
     def shape(self, origin: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(min(t, g - o) for o, t, g in zip(origin, self.tile, self.grid, strict=True))
 
@@ -287,6 +308,7 @@ def classify(
     at: dict[str, int] | None = None,
     split_limit: int = 16,
     count_useful: bool = False,
+    split: int = 0,
 ) -> BlockLayout:
     """Classify the (query tile, key tile) pairs of ``mask`` as empty, partial or full.
 
@@ -294,46 +316,228 @@ def classify(
     ``key_mode="grid"`` needs ``key_tile``; ``"box"`` ignores it and pads the innermost
     key extent to a multiple of ``pad``. ``split_limit``: see intervals.py. With
     ``count_useful`` the allowed pairs of every partial tile are counted by brute force
-    (cost: the visited partial tiles' elements).
+    (cost: the visited partial tiles' elements). ``split`` (box mode, 1-D keys): see
+    :meth:`Classifier.layout`.
     """
-    if key_mode not in KEY_MODES:
-        raise ValueError(f"classify: key_mode must be one of {KEY_MODES}, got {key_mode!r}")
     bound = mask.bind(sizes, params, lookups, at)
-    evaluator = BoxEvaluator(bound.predicate, bound.query, bound.key, bound.tables, split_limit)
-    queries = _tiling("query", bound.query, query_tile)
-    keys: _Tiling | None = None
-    if key_mode == "grid":
-        if key_tile is None:
-            raise ValueError("classify: key_mode='grid' needs key_tile")
-        keys = _tiling("key", bound.key, key_tile)
-    elif pad < 1:
-        raise ValueError(f"classify: pad must be >= 1, got {pad}")
-    origins, shapes, rows, dropped = [], [], [], 0
-    for origin in queries.origins():
-        shape = queries.shape(origin)
-        qboxes = queries.boxes(origin, shape)
-        if keys is not None:
-            tiles, empty = _grid_row(evaluator, keys, qboxes)
-        else:
-            tiles, empty = _box_row(evaluator, bound.key, qboxes, pad)
-        origins.append(origin)
-        shapes.append(shape)
-        rows.append(tiles)
-        dropped += empty
-    layout = _layout(bound, queries, keys, key_mode, origins, shapes, rows, dropped)
+    layout = Classifier(bound, split_limit).layout(
+        query_tile, key_tile, key_mode=key_mode, pad=pad, split=split
+    )
     if count_useful:
         layout = dataclasses.replace(layout, useful_elements=count_allowed(layout, bound))
     return layout
 
 
+Row = tuple[int, tuple[KeyTile, ...]]  # (query tile size, its visited key tiles)
+
+
+class Classifier:
+    """One bound mask and its :class:`BoxEvaluator`, for classifying many tilings: the
+    evaluator's caches (per query piece) are shared, so a second tiling costs less.
+
+    Per query tile, two regions decide most tiles without evaluating them: the keys some
+    query may allow (``key_region``: a key tile outside is empty) and the keys some query
+    may not allow (``fail_region``: a key tile outside is full). Only the tiles meeting both
+    are evaluated (in grid mode a run of them is judged whole first, then halved).
+    """
+
+    def __init__(self, bound: BoundMask, split_limit: int = 16):
+        self.bound = bound
+        self.evaluator = BoxEvaluator(
+            bound.predicate, bound.query, bound.key, bound.tables, split_limit
+        )
+        self._axes: dict[tuple, object] = {}  # per-axis answers of the product path
+        self._tiles: dict[object, dict] = {}  # type: ignore[type-arg]
+
+    def layout(
+        self,
+        query_tile: tuple[int, ...],
+        key_tile: tuple[int, ...] | None = None,
+        *,
+        key_mode: str = "grid",
+        pad: int = 16,
+        split: int = 0,
+    ) -> BlockLayout:
+        """The classified layout of one tiling (see :func:`classify`).
+
+        ``split`` > 0 (box mode, one key axis): a partial key box is cut into a partial head,
+        a full core (the longest run of keys no query may refuse, at least ``2 * split``
+        keys) and a partial tail, each a multiple of ``split`` keys from the box start but
+        the tail; the element mask is then needed on the head and tail only.
+        """
+        queries, keys = self._tilings(query_tile, key_tile, key_mode, pad, split)
+        rows, origins, shapes, dropped = [], [], [], 0
+        cache = self._tile_cache(keys)
+        for origin in queries.origins():
+            shape = queries.shape(origin)
+            judge = self.evaluator.truth
+            tiles, empty = self._row(queries, keys, origin, shape, pad, split, cache, judge, True)
+            origins.append(origin)
+            shapes.append(shape)
+            rows.append(tiles)
+            dropped += empty
+        return _layout(self.bound, queries, keys, key_mode, origins, shapes, rows, dropped)
+
+    def rows(
+        self,
+        query_tile: tuple[int, ...],
+        key_tile: tuple[int, ...] | None,
+        indices: list[int],
+        *,
+        key_mode: str = "grid",
+        pad: int = 16,
+        split: int = 0,
+        evaluate: bool = True,
+        refusals: bool = True,
+    ) -> list[Row]:
+        """(query tile size, key tiles) of the query tiles at ``indices`` (row-major order of
+        their origins, as in :meth:`layout`): a sample for estimating a tiling's cost.
+        ``evaluate=False`` decides from the two regions alone: a tile meeting both is called
+        partial unevaluated (sound, but it may be empty or full), which costs no truth
+        evaluation; ``refusals=False`` also skips the fail region (every visited tile is then
+        partial), the cheapest glance."""
+        queries, keys = self._tilings(query_tile, key_tile, key_mode, pad, split)
+        found, cache = [], self._tile_cache(keys)  # type: ignore[var-annotated]
+        for index in indices:
+            origin = queries.origin_at(index)
+            shape = queries.shape(origin)
+            judge = self.evaluator.truth if evaluate else _partial
+            tiles, _ = self._row(queries, keys, origin, shape, pad, split, cache, judge, refusals)
+            found.append((math.prod(shape), tiles))
+        return found
+
+    def _tile_cache(self, keys: _Tiling | None) -> dict:  # type: ignore[type-arg]
+        """KeyTile objects of one key tiling, shared by every row and call (immutable)."""
+        return self._tiles.setdefault(None if keys is None else (keys.grid, keys.tile), {})
+
+    def query_tile_count(self, query_tile: tuple[int, ...]) -> int:
+        return _tiling("query", self.bound.query, query_tile).count
+
+    def _tilings(self, query_tile, key_tile, key_mode, pad, split):  # type: ignore[no-untyped-def]
+        if key_mode not in KEY_MODES:
+            raise ValueError(f"classify: key_mode must be one of {KEY_MODES}, got {key_mode!r}")
+        queries = _tiling("query", self.bound.query, query_tile)
+        if key_mode == "box":
+            if pad < 1:
+                raise ValueError(f"classify: pad must be >= 1, got {pad}")
+            if split < 0:
+                raise ValueError(f"classify: split must be >= 0, got {split}")
+            return queries, None
+        if key_tile is None:
+            raise ValueError("classify: key_mode='grid' needs key_tile")
+        return queries, _tiling("key", self.bound.key, key_tile)
+
+    def _row(self, queries, keys, origin, shape, pad, split, cache, judge, refusals):  # type: ignore[no-untyped-def]
+        if self._is_product(queries, keys):
+            found = self._product_row(queries, keys, origin, shape, pad, cache)
+            if found is not None:
+                return found
+        qboxes = queries.boxes(origin, shape)
+        region = self.evaluator.key_region(qboxes)
+        if not region:
+            return (), 0
+        # Keys some query may refuse; without looking, every key may be.
+        fail = self.evaluator.fail_region(qboxes) if refusals else [self.bound.key.full_box()]
+        if keys is None:
+            return _box_row(judge, self.bound.key, qboxes, region, fail, pad, split)
+        return _grid_row(judge, keys, qboxes, region, fail, cache), 0
+
+    # -- product masks ---------------------------------------------------------------------
+    # A mask that is a conjunction of per-axis conditions (BoxEvaluator.axis_groups) over box
+    # tiles is classified axis by axis: a key box is the product of per-axis intervals, full
+    # iff full on every axis, empty iff empty on one. Per-axis answers are cached, so a row
+    # costs a few lookups (the 1M-token 3-D neighborhood has 16384 rows, 80 distinct axes).
+
+    def _is_product(self, queries: _Tiling, keys: _Tiling | None) -> bool:
+        return (
+            len(queries.grid) > 1
+            and not queries.flat
+            and (keys is None or not keys.flat)
+            and self.evaluator.axis_groups() is not None
+        )
+
+    def _product_row(self, queries, keys, origin, shape, pad, cache):  # type: ignore[no-untyped-def]
+        """The row of a query box on the product path, or None where an axis's region is a
+        union of intervals in box mode (the general path merges those)."""
+        spans = [Interval(o, o + n - 1) for o, n in zip(origin, shape, strict=True)]
+        if keys is None:
+            found = [self._axis_box(a, span, pad) for a, span in enumerate(spans)]
+            if any(f is None for f in found):
+                return (), 0
+            if any(f == "union" for f in found):
+                return None
+            if any(truth == FALSE for _, truth in found):
+                return (), 1
+            box = tuple(b for b, _ in found)
+            full = all(truth == TRUE for _, truth in found)
+            tile = KeyTile(tuple(i.lo for i in box), tuple(i.hi - i.lo + 1 for i in box), full)
+            return (tile,), 0
+        lists = [self._axis_tiles(a, span, keys) for a, span in enumerate(spans)]
+        tiles = (
+            _key_tile(keys, tuple(j for j, _ in combo), all(f for _, f in combo), cache)
+            for combo in itertools.product(*lists)
+        )
+        return tuple(tiles), 0
+
+    def _axis_box(self, axis: int, span: Interval, pad: int):  # type: ignore[no-untyped-def]
+        """(key interval, truth) of one axis in box mode; None if no key; "union" if the
+        region is several intervals."""
+        last = axis == len(self.bound.key.extents) - 1
+        key = ("box", axis, span, pad if last else 1)
+        if key not in self._axes:
+            self._axes[key] = self._axis_box_uncached(axis, span, pad if last else 1)
+        return self._axes[key]
+
+    def _axis_box_uncached(self, axis: int, span: Interval, pad: int):  # type: ignore[no-untyped-def]
+        parts = self.evaluator.axis_region(axis, span)
+        if len(parts) != 1:
+            return None if not parts else "union"
+        (box,) = _pad((parts[0],), (self.bound.key.extents[axis],), pad)
+        refused = self.evaluator.axis_region(axis, span, fail=True)
+        if not any(meets((box,), (r,)) for r in refused):
+            return box, TRUE
+        return box, self.evaluator.axis_truth(axis, span, box)
+
+    def _axis_tiles(self, axis: int, span: Interval, keys: _Tiling) -> list[tuple[int, bool]]:
+        """(key tile index, full) along one axis in grid mode, in increasing order."""
+        size, extent = keys.tile[axis], keys.grid[axis]
+        key = ("grid", axis, span, size)
+        found = self._axes.get(key)
+        if found is not None:
+            return found
+        refused = self.evaluator.axis_region(axis, span, fail=True)
+        indices = {
+            j for part in self.evaluator.axis_region(axis, span)
+            for j in range(part.lo // size, part.hi // size + 1)
+        }  # fmt: skip
+        found = []
+        for j in sorted(indices):
+            tile = Interval(j * size, min((j + 1) * size, extent) - 1)
+            truth = TRUE
+            if any(meets((tile,), (r,)) for r in refused):
+                truth = self.evaluator.axis_truth(axis, span, tile)
+            if truth != FALSE:
+                found.append((j, truth == TRUE))
+        self._axes[key] = found
+        return found
+
+
+def _partial(qboxes: list[Box], kboxes: list[Box]) -> int:
+    """The judgement of a tile left unevaluated: partial (always sound)."""
+    return UNKNOWN
+
+
+_FULL, _SIZE = operator.attrgetter("full"), operator.attrgetter("size")
+
+
 def _layout(bound, queries, keys, key_mode, origins, shapes, rows, dropped) -> BlockLayout:  # type: ignore[no-untyped-def]
-    visited = [t for row in rows for t in row]
-    num_full = sum(t.full for t in visited)
-    computed = sum(
-        math.prod(s) * sum(t.size for t in row) for s, row in zip(shapes, rows, strict=True)
-    )
+    num_visited = num_full = computed = 0
+    for shape, row in zip(shapes, rows, strict=True):
+        num_visited += len(row)
+        num_full += sum(map(_FULL, row))
+        computed += math.prod(shape) * sum(map(_SIZE, row))
     if keys is not None:
-        dropped = len(origins) * math.prod(_counts(keys.grid, keys.tile)) - len(visited)
+        dropped = len(origins) * keys.count - num_visited
     key_axes = bound.key.names if keys is None or not keys.flat else (bound.key.flat,)
     return BlockLayout(
         key_mode=key_mode,
@@ -347,33 +551,112 @@ def _layout(bound, queries, keys, key_mode, origins, shapes, rows, dropped) -> B
         key_tile=None if keys is None else keys.tile,
         key_tiles=tuple(rows),
         num_empty=dropped,
-        num_partial=len(visited) - num_full,
+        num_partial=num_visited - num_full,
         num_full=num_full,
         computed_elements=computed,
     )
 
 
-def _grid_row(evaluator: BoxEvaluator, keys: _Tiling, qboxes: list[Box]):  # type: ignore[no-untyped-def]
-    """Key tiles of one query tile in grid mode (the empty count is derived later)."""
+# -- grid mode ---------------------------------------------------------------------------
+
+
+def _grid_row(judge, keys: _Tiling, qboxes: list[Box], region, refused, cache: dict):  # type: ignore[no-untyped-def]
+    """Key tiles of one query tile in grid mode, in increasing order. ``region``: keys some
+    query may allow; ``refused``: keys some query may refuse. ``cache`` shares the KeyTile
+    objects of one tiling between rows (they are immutable)."""
+    fail = [b for box in refused for b in keys.blocks(box)]
+    if len(keys.tile) == 1:
+        return _row_1d(judge, keys, qboxes, region, fail, cache)
     found: dict[tuple[int, ...], bool] = {}
-    for box in evaluator.key_region(qboxes):
+    for box in region:
         for block in keys.blocks(box):
-            _classify_block(evaluator, keys, qboxes, block, found)
-    origins = {coords: _origin(coords, keys) for coords in found}
-    tiles = [KeyTile(origins[c], keys.shape(origins[c]), full) for c, full in found.items()]
-    return tuple(sorted(tiles, key=lambda t: t.origin)), 0
+            for coords in itertools.product(*(range(a, b + 1) for a, b in block)):
+                if coords not in found:
+                    _one_tile(judge, keys, qboxes, coords, fail, found)
+    return tuple(_key_tile(keys, coords, found[coords], cache) for coords in sorted(found))
+
+
+def _row_1d(judge, keys, qboxes, region, fail, cache) -> tuple[KeyTile, ...]:  # type: ignore[no-untyped-def]
+    """1-D key tiles: the tile ranges of the region minus those meeting the fail region are
+    full (sliced from one shared tuple); each run of the others is classified as a block
+    (judged whole, then halved)."""
+    plus = _union([b[0] for box in region for b in keys.blocks(box)])
+    minus = _union([b[0] for b in fail])
+    parts: list[tuple[KeyTile, ...]] = []
+    for lo, hi in plus:
+        start = lo
+        for a, b in minus:
+            if b < start or a > hi:
+                continue
+            if a > start:
+                parts.append(_full_run(keys, start, a - 1, cache))
+            run = (max(a, start), min(b, hi))
+            found: dict[tuple[int, ...], bool] = {}
+            _classify_block(judge, keys, qboxes, (run,), found)
+            parts.append(tuple(_key_tile(keys, c, found[c], cache) for c in sorted(found)))
+            start = run[1] + 1
+        if start <= hi:
+            parts.append(_full_run(keys, start, hi, cache))
+    return parts[0] if len(parts) == 1 else tuple(itertools.chain.from_iterable(parts))
+
+
+_SHARED_RUN = 1 << 16  # 1-D key tilings up to this many tiles keep one tuple of full tiles
+
+
+def _full_run(keys: _Tiling, lo: int, hi: int, cache: dict) -> tuple[KeyTile, ...]:  # type: ignore[type-arg]
+    if keys.count > _SHARED_RUN:
+        return tuple(_key_tile(keys, (j,), True, cache) for j in range(lo, hi + 1))
+    every = cache.get("full")
+    if every is None:
+        every = cache["full"] = tuple(_key_tile(keys, (j,), True, cache) for j in range(keys.count))
+    return every[lo : hi + 1]
+
+
+def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint ranges covering the given ones (touching ranges joined)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _one_tile(judge, keys, qboxes, coords, fail, found) -> None:  # type: ignore[no-untyped-def]
+    """A tile outside the fail region is full (no query refuses any of its keys; it is not
+    empty: an empty tile lies in the fail region); others are evaluated."""
+    if not any(all(a <= c <= b for c, (a, b) in zip(coords, blk, strict=True)) for blk in fail):
+        found[coords] = True
+        return
+    origin = _origin(coords, keys)
+    truth = judge(qboxes, keys.boxes(origin, keys.shape(origin)))
+    if truth != FALSE:
+        found[coords] = truth == TRUE
+
+
+def _key_tile(keys: _Tiling, coords: tuple[int, ...], full: bool, cache: dict) -> KeyTile:  # type: ignore[type-arg]
+    tile = cache.get((coords, full))
+    if tile is None:
+        origin = _origin(coords, keys)
+        tile = cache[(coords, full)] = KeyTile(origin, keys.shape(origin), full)
+    return tile
 
 
 _SMALL_BLOCK = 4  # tiles; smaller blocks are classified tile by tile
 
 
-def _classify_block(evaluator, keys, qboxes, block, found) -> None:  # type: ignore[no-untyped-def]
+def _classify_block(judge, keys, qboxes, block, found) -> None:  # type: ignore[no-untyped-def]
     """Tiles of a block of tile coordinates into ``found`` (coordinates -> full). A block of
     more than a few tiles is first judged whole: TRUE or FALSE there holds for each of its
     tiles, so runs of full or empty tiles cost one evaluation; else it is halved."""
     count = math.prod(b - a + 1 for a, b in block)
+    if judge is _partial:  # unevaluated: every tile of the block is partial
+        tiles = itertools.product(*(range(a, b + 1) for a, b in block))
+        found.update((coords, False) for coords in tiles if coords not in found)
+        return
     if count > _SMALL_BLOCK:
-        truth = evaluator.truth(qboxes, keys.block_boxes(block))
+        truth = judge(qboxes, keys.block_boxes(block))
         if truth == TRUE:
             found.update(
                 dict.fromkeys(itertools.product(*(range(a, b + 1) for a, b in block)), True)
@@ -384,12 +667,12 @@ def _classify_block(evaluator, keys, qboxes, block, found) -> None:  # type: ign
         a, b = block[axis]
         for half in ((a, (a + b) // 2), ((a + b) // 2 + 1, b)):
             part = block[:axis] + (half,) + block[axis + 1 :]
-            _classify_block(evaluator, keys, qboxes, part, found)
+            _classify_block(judge, keys, qboxes, part, found)
         return
     for coords in itertools.product(*(range(a, b + 1) for a, b in block)):
         if coords not in found:
             origin = _origin(coords, keys)
-            truth = evaluator.truth(qboxes, keys.boxes(origin, keys.shape(origin)))
+            truth = judge(qboxes, keys.boxes(origin, keys.shape(origin)))
             if truth != FALSE:
                 found[coords] = truth == TRUE
 
@@ -398,16 +681,52 @@ def _origin(coords: tuple[int, ...], keys: _Tiling) -> tuple[int, ...]:
     return tuple(c * t for c, t in zip(coords, keys.tile, strict=True))
 
 
-def _box_row(evaluator: BoxEvaluator, key: Axes, qboxes: list[Box], pad: int):  # type: ignore[no-untyped-def]
+# -- box mode ----------------------------------------------------------------------------
+
+
+def _box_row(judge, key: Axes, qboxes: list[Box], region, fail, pad: int, split: int):  # type: ignore[no-untyped-def]
     """Key boxes of one query tile in box mode, and how many candidates were empty."""
-    boxes = _cluster([_pad(b, key.extents, pad) for b in evaluator.key_region(qboxes)], key, pad)
-    tiles = []
+    boxes = _cluster([_pad(b, key.extents, pad) for b in region], key, pad)
+    tiles: list[KeyTile] = []
     for box in boxes:
-        truth = evaluator.truth(qboxes, [box])
-        if truth != FALSE:
-            origin = tuple(i.lo for i in box)
-            tiles.append(KeyTile(origin, tuple(i.hi - i.lo + 1 for i in box), truth == TRUE))
+        refused = any(meets(box, f) for f in fail)
+        truth = judge(qboxes, [box]) if refused else TRUE
+        if truth == FALSE:
+            continue
+        origin = tuple(i.lo for i in box)
+        shape = tuple(i.hi - i.lo + 1 for i in box)
+        if truth == UNKNOWN and split and len(box) == 1:
+            parts = [part[0] for f in fail if (part := intersect_box(box, f)) is not None]
+            tiles += _split_box(box[0], parts, split)
+        else:
+            tiles.append(KeyTile(origin, shape, truth == TRUE))
     return tuple(sorted(tiles, key=lambda t: t.origin)), len(boxes) - len(tiles)
+
+
+def _split_box(box: Interval, refused: list[Interval], grain: int) -> list[KeyTile]:
+    """A partial 1-D key box as [partial head, full core, partial tail] around the longest
+    run of keys that no query refuses, cut at multiples of ``grain`` from the box start."""
+    free, start = [], box.lo
+    for lo, hi in _union([(int(i.lo), int(i.hi)) for i in refused]):
+        if lo > start:
+            free.append((start, lo - 1))
+        start = max(start, hi + 1)
+    if start <= box.hi:
+        free.append((start, box.hi))
+    whole = [KeyTile((box.lo,), (box.hi - box.lo + 1,), False)]
+    if not free:
+        return whole
+    lo, hi = max(free, key=lambda run: run[1] - run[0])
+    core_lo = box.lo + -(-(lo - box.lo) // grain) * grain
+    core_hi = core_lo + (hi - core_lo + 1) // grain * grain - 1
+    if core_hi - core_lo + 1 < 2 * grain:
+        return whole
+    parts = [KeyTile((core_lo,), (core_hi - core_lo + 1,), True)]
+    if core_lo > box.lo:
+        parts.insert(0, KeyTile((box.lo,), (core_lo - box.lo,), False))
+    if core_hi < box.hi:
+        parts.append(KeyTile((core_hi + 1,), (box.hi - core_hi,), False))
+    return parts
 
 
 def _pad(box: Box, extents: tuple[int, ...], pad: int) -> Box:

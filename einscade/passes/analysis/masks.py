@@ -13,6 +13,7 @@ out-of-range read is an absent point, stated as extra conjuncts ``0 <= i and i <
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,13 +215,15 @@ class Axes:
     names: tuple[str, ...]
     extents: tuple[int, ...]
     strides: tuple[int, ...] = field(init=False)  # row-major, of the flat rank
+    _full: Box = field(init=False, repr=False, compare=False)  # the whole grid, built once
 
     def __post_init__(self) -> None:
         strides = tuple(math.prod(self.extents[i + 1 :]) for i in range(len(self.extents)))
         object.__setattr__(self, "strides", strides)
+        object.__setattr__(self, "_full", tuple(Interval(0, n - 1) for n in self.extents))
 
     def full_box(self) -> Box:
-        return tuple(Interval(0, n - 1) for n in self.extents)
+        return self._full
 
     def indices_of(self, name: str) -> list[int]:
         """The axes a coordinate name reads: one axis, or all of them for the flat rank."""
@@ -231,8 +234,14 @@ class Axes:
     def bind(self, box: Box, env: Env) -> Env:
         """Put the box's axis intervals and the flat rank's hull into ``env``; return it."""
         env.update(zip(self.names, box, strict=True))
-        pairs = list(zip(box, self.strides, strict=True))
-        env[self.flat] = Interval(sum(i.lo * s for i, s in pairs), sum(i.hi * s for i, s in pairs))
+        if len(box) == 1:
+            env[self.flat] = box[0]
+            return env
+        lo = hi = 0
+        for (a, b), stride in zip(box, self.strides, strict=True):
+            lo += a * stride
+            hi += b * stride
+        env[self.flat] = Interval(lo, hi)
         return env
 
 
@@ -264,7 +273,7 @@ class _Line:
     def __init__(self, values: torch.Tensor):
         self.values = values.contiguous()
         self.mins, self.maxs = _sparse_tables(self.values)
-        self._by_value: tuple[torch.Tensor, list, list] | None = None  # type: ignore[type-arg]
+        self._by_value: tuple[list, list, list] | None = None  # type: ignore[type-arg]
 
     def minmax(self, lo: int, hi: int) -> Interval:
         return Interval(_range(self.mins, lo, hi, min), _range(self.maxs, lo, hi, max))
@@ -274,9 +283,8 @@ class _Line:
         if self._by_value is None:
             self._by_value = self._build_positions()
         uniq, first, last = self._by_value
-        bounds = torch.tensor([float(vlo), float(vhi)], dtype=torch.float64)
-        i = int(torch.searchsorted(uniq, bounds[:1]).item())
-        j = int(torch.searchsorted(uniq, bounds[1:], right=True).item()) - 1
+        i = bisect.bisect_left(uniq, float(vlo))  # Python lists: no tensor op per query
+        j = bisect.bisect_right(uniq, float(vhi)) - 1
         if i > j:
             return None
         return int(_range(first, i, j, min)), int(_range(last, i, j, max))
@@ -287,7 +295,7 @@ class _Line:
         where = torch.arange(len(values))
         first = torch.full((len(uniq),), len(values)).scatter_reduce(0, inverse, where, "amin")
         last = torch.full((len(uniq),), -1).scatter_reduce(0, inverse, where, "amax")
-        return uniq.to(torch.float64), _sparse_tables(first)[0], _sparse_tables(last)[1]
+        return uniq.to(torch.float64).tolist(), _sparse_tables(first)[0], _sparse_tables(last)[1]
 
 
 class LookupTable:
@@ -311,8 +319,8 @@ class LookupTable:
 
     def over(self, indices: list[Interval]) -> Interval:
         """The values' range over an index box (clipped to the tensor)."""
-        lo = [max(int(i.lo), 0) for i in indices]
-        hi = [min(int(i.hi), n - 1) for i, n in zip(indices, self.shape, strict=True)]
+        lo = [max(int(i[0]), 0) for i in indices]
+        hi = [min(int(i[1]), n - 1) for i, n in zip(indices, self.shape, strict=True)]
         if any(a > b for a, b in zip(lo, hi, strict=True)):
             return Interval(0, 0)  # absent everywhere: the range conjuncts decide
         varying = [d for d in range(len(lo)) if lo[d] != hi[d]]
