@@ -1,0 +1,75 @@
+"""Real models from tiny configs (random weights, no downloads) compiled with the backend:
+output equal to eager, every attention captured, as the expected cascade."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from einscade.frontends.fx import record_sites
+from tests.frontends.fx import models
+
+BERT = "softmax_attention(bias, scale=0.25)"  # the padding mask comes from an input
+CAUSAL = "softmax_attention(causal, scale=0.25)"  # the mask is built from arange: constant
+LLAMA = "softmax_attention(causal, kv_heads, scale=0.353553)"
+VIT = "softmax_attention(scale=0.25)"
+SWIN = "softmax_attention(bias, scale=0.353553)"  # relative-position bias (+ shifted mask)
+
+# (builder, attn_implementation, the summary of each of its sites)
+TRANSFORMERS = {
+    "bert-eager": (models.bert, "eager", [BERT] * 2),
+    "bert-sdpa": (models.bert, "sdpa", [BERT] * 2),
+    "gpt2-eager": (models.gpt2, "eager", [CAUSAL] * 2),
+    "gpt2-sdpa": (models.gpt2, "sdpa", [CAUSAL] * 2),
+    "llama-eager": (models.llama, "eager", [LLAMA] * 2),
+    "llama-sdpa": (models.llama, "sdpa", [LLAMA] * 2),
+    "vit-eager": (models.vit, "eager", [VIT] * 2),
+    "vit-sdpa": (models.vit, "sdpa", [VIT] * 2),
+    "swin-eager": (models.swin, "eager", [SWIN] * 2),
+    "swin-sdpa": (models.swin, "sdpa", [SWIN] * 2),
+}
+# The other implementation of each model is in the default run.
+_SLOW = {"bert-sdpa", "gpt2-sdpa", "llama-eager", "vit-eager", "swin-sdpa"}
+
+
+def _check(example: models.Example, expected: list[str]) -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(example.model, backend="einscade", options={"fallback": "eager"})
+    with torch.no_grad(), record_sites() as records:
+        got = example.run(compiled)
+        want = example.run()
+    assert [r.summary for r in records if r.captured] == expected, records
+    assert all(r.captured for r in records), records
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.slow] if n in _SLOW else []) for n in TRANSFORMERS],
+)
+def test_transformers_model_is_captured_and_matches_eager(name):
+    build, impl, expected = TRANSFORMERS[name]
+    torch.manual_seed(0)
+    _check(build(impl), expected)
+
+
+TIMM = {
+    "vit": (
+        "vit_tiny_patch16_224",
+        {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+        ["softmax_attention()"] * 2,
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        {"img_size": 32, "patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": (2,),
+         "num_heads": (2,)},
+        [SWIN] * 2,  # the shifted block adds its window mask in a [b, windows, h, p, m] view
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_timm_model_is_captured_and_matches_eager(name):
+    arch, config, expected = TIMM[name]
+    torch.manual_seed(0)
+    _check(models.timm_model(arch, **config), expected)
