@@ -1,6 +1,6 @@
 # einscade developer entry points.  Everything runs inside ./.venv.
 #
-#   make demo       show a compiled cascade (creates .venv on first use)
+#   make demo       show a compiled cascade and write its explain report (creates .venv)
 #   make test       lint + format check + test suite (what .ci/run runs)
 #   make test-slow  only the tests marked `slow`
 #
@@ -61,6 +61,7 @@ demo: venv
 	$(BIN)/einscade show neighborhood_2d --grid 56x56 --kernel 7x7
 	$(BIN)/einscade opt neighborhood_2d --grid 56x56 --kernel 7x7 \
 		--pipeline 'defer-div,online-softmax,tile{p=8x16,m=64},dce'
+	$(BIN)/einscade explain neighborhood_2d --grid 56x56 --kernel 7x7 --out einscade-report
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -77,7 +78,7 @@ format: venv
 	$(BIN)/ruff format $(LINT_PATHS)
 
 clean:
-	rm -rf build dist .pytest_cache .ruff_cache .hypothesis einscade-dump
+	rm -rf build dist .pytest_cache .ruff_cache .hypothesis einscade-dump einscade-report
 	find . -path ./$(VENV) -prune -o \
 		\( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 \
 		| xargs -0 -r rm -rf

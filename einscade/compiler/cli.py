@@ -1,6 +1,6 @@
 """The ``einscade`` command line.
 
-einscade show NAME [--grid 56x56 --kernel 7x7 ...] [--size P=1024 ...]
+einscade show NAME [--grid 56x56 --kernel 7x7 ...] [--size P=1024 ...] [--format text|json]
 einscade show FILE.ecas [--size ...]
 einscade check FILE.ecas
 einscade opt FILE.ecas|NAME [builder options] [--pipeline SPEC] [--dump-dir D] [--debug N]
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -123,10 +124,20 @@ def show(cascade: Cascade, sizes: dict[str, int], console: Console) -> None:
     console.print(f"total dense work: {total:,} flops at {used}", highlight=False)
 
 
+def show_json(cascade: Cascade, sizes: dict[str, int]) -> None:
+    """``einscade show --format json``: see ``report.summary.cascade_document``."""
+    from einscade.compiler.report.summary import cascade_document
+
+    document = cascade_document(cascade, sizes, softmax_rank(cascade))
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
 # Subcommands that live in their own modules: each has ``add_parser(subparsers)``, which
 # sets ``handler=run`` with ``run(args, rest, console)`` on its parser.
 COMMAND_MODULES: tuple[str, ...] = (
+    "einscade.compiler.bench",
     "einscade.frontends.onnx.commands",
+    "einscade.compiler.explain",
     "einscade.compiler.kernel_report_cmd",
 )
 
@@ -137,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     show_cmd = sub.add_parser("show", help="print a cascade, its pass count and work summary")
     show_cmd.add_argument("target", help="a built-in name (see 'einscade list') or FILE.ecas")
     show_cmd.add_argument("--size", action="append", default=[], metavar="NAME=INT")
+    show_cmd.add_argument(
+        "--format", choices=("text", "json"), default="text",
+        help="json: the cascade text, statements, pass count and work table as one document",
+    )  # fmt: skip
     check_cmd = sub.add_parser("check", help="verify an .ecas file")
     check_cmd.add_argument("file")
     opt_cmd = sub.add_parser(
@@ -185,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             options = parse_builder_options(rest)
             cascade, sizes = load_target(args.target, options)
             sizes.update(parse_sizes(args.size))
-            show(cascade, sizes, console)
+            if args.format == "json":
+                show_json(cascade, sizes)
+            else:
+                show(cascade, sizes, console)
         elif args.command == "check":
             if rest:
                 raise EinscadeError(f"unexpected arguments {' '.join(rest)}")
