@@ -12,44 +12,13 @@ caller can mask it out; a dimension of extent 1 broadcasts.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from einscade.codegen.torch_ops import TORCH_BINARY, TORCH_UNARY
 from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary
 from einscade.ir.printer import print_expr
 from einscade.passes.analysis.masks import Axes
 
 Value = torch.Tensor | int | float
-
-_UNARY = {
-    "exp": torch.exp,
-    "exp2": torch.exp2,
-    "log": torch.log,
-    "log2": torch.log2,
-    "sqrt": torch.sqrt,
-    "abs": torch.abs,
-    "neg": torch.neg,
-    "sigmoid": torch.sigmoid,
-    "softplus": F.softplus,
-    "relu": torch.relu,
-    "elu": F.elu,
-    "tanh": torch.tanh,
-}
-_BINARY = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-    "//": lambda a, b: a // b,
-    "%": lambda a, b: a % b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "and": lambda a, b: torch.as_tensor(a) & torch.as_tensor(b),
-    "or": lambda a, b: torch.as_tensor(a) | torch.as_tensor(b),
-}
 
 
 def coordinates(axes: Axes, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -90,7 +59,7 @@ class Evaluator:
             case Unary(op="-", operand=x):
                 return -self(x)  # type: ignore[operator]
             case Binary(op=op, lhs=a, rhs=b):
-                return _BINARY[op](self(a), self(b))  # type: ignore[no-untyped-call]
+                return TORCH_BINARY[op](self(a), self(b))  # type: ignore[no-untyped-call]
             case Call(fn=fn, args=args):
                 return self.call(fn, [self(a) for a in args])
             case Access():
@@ -103,8 +72,8 @@ class Evaluator:
         return torch.tensor(value, dtype=self.dtype)
 
     def call(self, fn: str, args: list[Value]) -> Value:
-        if fn in _UNARY:
-            return _UNARY[fn](self.float_tensor(args[0]))
+        if fn in TORCH_UNARY:
+            return TORCH_UNARY[fn](self.float_tensor(args[0]))
         if fn in ("max", "min"):
             a, b = args
             if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
