@@ -1,6 +1,7 @@
 # einscade developer entry points.  Everything runs inside ./.venv.
 #
-#   make demo       show a compiled cascade and write its explain report (creates .venv)
+#   make demo       show a compiled cascade, write its explain report, torch.compile two
+#                   models with the backend and check them against eager (creates .venv)
 #   make test       lint + format check + test suite (what .ci/run runs)
 #   make test-slow  only the tests marked `slow`
 #
@@ -26,7 +27,7 @@ TORCH_LOCAL_WHEELS := /opt/wheels
 TRITON_SPEC := triton~=3.7.0
 
 PYTEST_WORKERS ?= 2
-LINT_PATHS := einscade tests
+LINT_PATHS := einscade tests examples
 
 .PHONY: venv demo test test-slow lint format clean
 
@@ -62,6 +63,7 @@ demo: venv
 	$(BIN)/einscade opt neighborhood_2d --grid 56x56 --kernel 7x7 \
 		--pipeline 'defer-div,online-softmax,tile{p=8x16,m=64},dce'
 	$(BIN)/einscade explain neighborhood_2d --grid 56x56 --kernel 7x7 --out einscade-report
+	$(BIN)/python examples/torch_compile_demo.py
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
