@@ -8,6 +8,7 @@ SMALL = {
     "neighborhood_1d": {"grid": (12,), "kernel": (5,)},
     "neighborhood_2d": {"grid": (4, 3), "kernel": (3, 3)},
     "neighborhood_3d": {"grid": (2, 3, 2), "kernel": (1, 3, 1)},
+    "swin_windows": {"grid": (2, 6), "window": (2, 3), "shift": (1, 1)},
     "halo": {"grid": (4, 3), "block": 2, "halo": 1},
     "maxvit_block": {"grid": (2, 6), "size": 2},
     "maxvit_grid": {"grid": (2, 6), "size": 2},
@@ -15,7 +16,7 @@ SMALL = {
     "agent": {"n_agents": 5},
 }
 EXTENTS = {"b": 1, "h": 2, "hk": 2, "p": 12, "m": 12, "e": 4, "f": 3, "a": 5, "l": 6,
-           "n": 12, "c": 4, "d": 4}  # fmt: skip
+           "n": 12, "c": 4, "d": 4, "i": 6, "j": 6}  # fmt: skip
 
 
 def small(name):

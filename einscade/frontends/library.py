@@ -10,7 +10,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from einscade.frontends.local import halo_attention, maxvit_attention, neighborhood_attention
+from einscade.frontends.local import (
+    halo_attention,
+    maxvit_attention,
+    neighborhood_attention,
+    window_attention,
+)
 from einscade.frontends.softmax import softmax_attention
 from einscade.frontends.variants import (
     agent_attention,
@@ -86,6 +91,12 @@ BUILTINS: dict[str, Builtin] = {
     ),
     "maxvit_grid": Builtin(
         maxvit_attention, {"grid": (56, 56), "size": 7, "mode": "grid"}, _SEQ, "MaxViT grid"
+    ),
+    "swin_windows": Builtin(
+        window_attention,
+        {"grid": (56, 56), "window": 7, "shift": 3, "position_bias": True},
+        _SEQ,
+        "Swin shifted windows with a relative-position bias",
     ),
     "linear": Builtin(linear_attention, {}, _SEQ, "linear attention, elu+1 features"),
     "linear_causal": Builtin(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from einscade.frontends.builder import CascadeBuilder
 from einscade.ir.cascade import Cascade
 
-__all__ = ["halo_attention", "maxvit_attention", "neighborhood_attention"]
+__all__ = ["halo_attention", "maxvit_attention", "neighborhood_attention", "window_attention"]
 
 _AXIS_LETTERS = {1: ("",), 2: ("x", "y"), 3: ("t", "x", "y")}
 
@@ -288,3 +288,82 @@ def maxvit_attention(
             step = f"({axis.length} // {sz})"
             terms.append(f"{q} % {step} == {key} % {step}")
     return _softmax_tail(_grid_builder(family, axes), " and ".join(terms), scale)
+
+
+# --------------------------------------------------------------------------------------
+# Swin windows, read on the original token grid
+# --------------------------------------------------------------------------------------
+
+
+def window_attention(
+    grid: tuple[int, ...],
+    window: int | tuple[int, ...],
+    shift: int | tuple[int, ...] = 0,
+    *,
+    position_bias: bool = False,
+    scale: float | None = None,
+) -> Cascade:
+    """Swin (shifted) window attention on the original token grid, as a masked cascade.
+
+    Swin rolls the grid by ``-shift``, cuts it into ``window`` blocks and masks pairs from
+    different regions of the rolled grid. On the original grid that is non-cyclic windows
+    offset by ``shift``: per axis the query at ``x`` and the key at ``x'`` attend iff
+    ``(x + w - s) // w == (x' + w - s) // w`` (a partial window at each end). ``shift == 0``
+    is plain blocked windows (``x // w == x' // w``), MaxViT's block attention.
+
+    With ``position_bias`` the cascade reads an input ``RB[h, i, j]``: the bias the model
+    gathers from its relative-position table for the query at window position ``i`` and the
+    key at ``j``, positions flattened row-major inside the rolled window,
+    ``r = (x + w - s) % w`` per axis. Every axis length must be divisible by its window and
+    ``0 <= shift < window``.
+    """
+    family = "window_attention"
+    axes = _axes(family, grid)
+    windows = _per_axis(family, "window", window, len(axes))
+    shifts = _per_axis(family, "shift", shift, len(axes))
+    b = _grid_builder(family, axes)
+    if position_bias:
+        b.input("RB[h, i, j]")
+    terms, query_pos, key_pos = [], "", ""
+    for axis, size, offset in zip(axes, windows, shifts, strict=True):
+        size = _check_int(family, axis, "window", size, 1)
+        offset = _check_int(family, axis, "shift", offset, 0)
+        if axis.extent % size != 0 or offset >= size:
+            raise ValueError(
+                f"{family}: axis {axis.position} (length {axis.extent}): needs a window "
+                f"dividing the length and 0 <= shift < window, got window {size}, "
+                f"shift {offset}"
+            )
+        q, key = _plus(axis.query, size - offset), _plus(axis.key, size - offset)
+        if offset == 0:
+            q, key = axis.query, axis.key
+        else:
+            q, key = f"({q})", f"({key})"
+        terms.append(f"{q} // {size} == {key} // {size}")
+        query_pos = _flat_position(query_pos, f"{q} % {size}", size)
+        key_pos = _flat_position(key_pos, f"{key} % {size}", size)
+    if position_bias:
+        b.let("pos_p", query_pos)
+        b.let("pos_m", key_pos)
+    return _window_tail(b, " and ".join(terms), position_bias, scale)
+
+
+def _flat_position(outer: str, inner: str, size: int) -> str:
+    """Row-major position inside a window: ``outer * size + inner``."""
+    return inner if not outer else f"({outer}) * {size} + {inner}"
+
+
+def _window_tail(b: CascadeBuilder, mask: str, position_bias: bool, scale: float | None) -> Cascade:
+    """The masked softmax tail with the window's relative-position bias added to the scores."""
+    if not position_bias:
+        return _softmax_tail(b, mask, scale)
+    b.param("scale", "float", "1 / sqrt(E)" if scale is None else repr(float(scale)))
+    b.stmt(f"QK[b, h, m, p] = Q[b, h, p, e] * K[b, h, m, e] * scale :: sum(e) if {mask}")
+    b.stmt("S[b, h, m, p] = QK[b, h, m, p] + RB[h, pos_p, pos_m]")
+    b.stmt("GM[b, h, p] = S[b, h, m, p] :: max(m)")
+    b.stmt("SN[b, h, m, p] = exp(S[b, h, m, p] - GM[b, h, p])")
+    b.stmt("SD[b, h, p] = SN[b, h, m, p] :: sum(m)")
+    b.stmt("A[b, h, m, p] = SN[b, h, m, p] / SD[b, h, p]")
+    b.stmt("AV[b, h, p, f] = A[b, h, m, p] * V[b, h, m, f] :: sum(m)")
+    b.output("AV")
+    return b.build()

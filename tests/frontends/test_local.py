@@ -18,7 +18,12 @@ from oracles.attention import masked_softmax_attention
 from oracles.windows import halo_mask, maxvit_mask, natten_mask
 
 from einscade.codegen.reference import reference
-from einscade.frontends.local import halo_attention, maxvit_attention, neighborhood_attention
+from einscade.frontends.local import (
+    halo_attention,
+    maxvit_attention,
+    neighborhood_attention,
+    window_attention,
+)
 from einscade.ir import Einsum, parse, print_cascade, print_expr
 
 
@@ -55,6 +60,7 @@ BUILT = {
     "natten_scaled": lambda: neighborhood_attention((8,), 3, scale=0.5),
     "halo": lambda: halo_attention((8, 8), 4, 1),
     "maxvit_grid": lambda: maxvit_attention((8, 8), 2, "grid"),
+    "window_shifted": lambda: window_attention((8, 8), 4, 2),
 }
 
 
@@ -67,7 +73,9 @@ BUILT = {
 def test_round_trip(name):
     cascade = BUILT[name]()
     assert parse(print_cascade(cascade)) == cascade
-    family = {"natten": "neighborhood", "halo": "halo", "maxvit": "maxvit"}[name.split("_")[0]]
+    family = {"natten": "neighborhood", "halo": "halo", "maxvit": "maxvit", "window": "window"}[
+        name.split("_")[0]
+    ]
     assert cascade.name == f"{family}_attention"
 
 
@@ -199,3 +207,77 @@ def natten_configs(draw):
 @given(natten_configs())
 def test_natten_sweep(config):
     assert_matches_oracle(neighborhood_attention(*config), natten_mask(*config))
+
+
+# --------------------------------------------------------------------------------------
+# Swin windows on the original grid
+# --------------------------------------------------------------------------------------
+
+
+def swin_per_window(q, k, v, table, grid, window, shift):
+    """Swin's own computation, step by step: roll the [B, H, N, D] tokens by -shift, cut
+    windows, attend inside each window with the bias ``table[h, i, j]`` plus Swin's region
+    mask (-100 between regions of the rolled grid), put the windows back, roll back."""
+    (hh, ww), (wh, wW), (sy, sx) = grid, window, shift
+    batch, heads = q.shape[:2]
+
+    def partition(x):
+        x = x.reshape(batch, heads, hh, ww, -1).roll((-sy, -sx), dims=(2, 3))
+        x = x.reshape(batch, heads, hh // wh, wh, ww // wW, wW, -1)
+        return x.permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, heads, wh * wW, x.shape[-1])
+
+    def region(length, size, offset):  # Swin's three regions per axis of the rolled grid
+        index = torch.arange(length)
+        return (index >= length - size).long() + (index >= length - offset).long() * (offset > 0)
+
+    labels = region(hh, wh, sy)[:, None] * 3 + region(ww, wW, sx)[None, :]
+    labels = labels.reshape(hh // wh, wh, ww // wW, wW).permute(0, 2, 1, 3).reshape(-1, wh * wW)
+    mask = torch.where(labels[:, :, None] == labels[:, None, :], 0.0, -100.0)
+    mask = mask.repeat(batch, 1, 1)[:, None].to(q.dtype)
+    scores = partition(q) @ partition(k).transpose(-1, -2) * q.shape[-1] ** -0.5
+    out = torch.softmax(scores + table + mask, dim=-1) @ partition(v)
+    out = out.reshape(batch, hh // wh, ww // wW, heads, wh, wW, -1).permute(0, 3, 1, 4, 2, 5, 6)
+    out = out.reshape(batch, heads, hh, ww, -1).roll((sy, sx), dims=(2, 3))
+    return out.reshape(batch, heads, hh * ww, -1)
+
+
+@pytest.mark.parametrize(
+    ("grid", "window", "shift"),
+    [((8, 8), (4, 4), (0, 0)), ((8, 8), (4, 4), (2, 2)), ((6, 8), (3, 4), (1, 3))],
+)
+def test_window_attention_equals_swin_per_window(grid, window, shift):
+    cascade = window_attention(grid, window, shift, position_bias=True)
+    gen = torch.Generator().manual_seed(sum(shift))
+    n = grid[0] * grid[1]
+    q, k, v = (torch.randn(2, 3, n, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    table = torch.randn(3, window[0] * window[1], window[0] * window[1], generator=gen)
+    table = table.to(torch.float64)
+    got = reference(cascade, dtype=torch.float64, Q=q, K=k, V=v, RB=table)
+    want = swin_per_window(q, k, v, table, grid, window, shift)
+    # Swin's -100 differs from exact masking by exp(-100) relative.
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_window_attention_without_shift_is_maxvit_block():
+    assert implied_mask(window_attention((8, 8), 4), 64).equal(maxvit_mask((8, 8), 4, "block"))
+
+
+def test_window_attention_runs_block_sparse_on_the_torch_target():
+    import einscade
+
+    cascade = window_attention((8, 8), 4, 2, position_bias=True)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, 8, generator=gen) for _ in range(3))
+    table = torch.randn(1, 16, 16, generator=gen)  # one bias for every head broadcasts
+    compiled = einscade.compile(cascade, target="torch")
+    got = compiled(Q=q, K=k, V=v, RB=table)
+    want = reference(cascade, Q=q, K=k, V=v, RB=table)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not compiled.stats.dense_fallback
+
+
+def test_window_attention_checks_its_arguments():
+    with pytest.raises(ValueError, match="axis 0 .*window dividing the length"):
+        window_attention((8, 8), 3)
+    with pytest.raises(ValueError, match="0 <= shift < window, got window 4, shift 4"):
+        window_attention((8, 8), 4, 4)

@@ -34,10 +34,13 @@ from torch.fx import GraphModule, Node
 from einscade.compiler import knobs
 from einscade.frontends.fx import ops
 from einscade.frontends.fx.constants import Constants
+from einscade.frontends.fx.forms import NoMatch
 from einscade.frontends.fx.lift import lift
 from einscade.frontends.fx.patterns import Match, find_sites
+from einscade.frontends.fx.regrid import plan_window_site, replace_window_site, window_kernel
 from einscade.frontends.fx.replace import kernel_for, replace_site
 from einscade.frontends.fx.runtime import TARGETS
+from einscade.frontends.fx.tokenwise import NotWindowed
 from einscade.ir.cascade import Cascade
 from einscade.ir.errors import EinscadeError
 from einscade.ir.printer import print_cascade
@@ -153,8 +156,15 @@ def capture(
         if reason:
             found.append((anchor, _skipped(graph_id, match.anchor, reason, match.family)))
             continue
+        match = _renamed(match, renamed)
+        record, note = _capture_window(gm, match, constants, target, graph_id)
+        if record is not None:
+            found.append((anchor, record))
+            continue
+        if note:
+            match = replace(match, notes=(*match.notes, note))
         try:
-            lifted = lift(_renamed(match, renamed), constants)
+            lifted = lift(match, constants)
             renamed[match.output] = replace_site(gm, lifted, kernel_for(lifted, target))
         except (EinscadeError, ValueError, TypeError) as error:
             found.append((anchor, _skipped(graph_id, match.anchor, str(error), match.family)))
@@ -167,6 +177,25 @@ def capture(
     gm.graph.lint()
     gm.recompile()
     return [record for _, record in sorted(found, key=lambda pair: pair[0])]
+
+
+def _capture_window(
+    gm: GraphModule, match: Match, constants: Constants, target: str, graph_id: int
+) -> tuple[SiteRecord | None, str]:
+    """(the record, "") when the site is a window attention lifted onto its token grid;
+    (None, why not) when it is one that stays per window; (None, "") otherwise."""
+    try:
+        site = plan_window_site(match, constants)
+        replace_window_site(gm, site, window_kernel(site, target))
+    except NotWindowed:
+        return None, ""
+    except (NoMatch, EinscadeError, ValueError, TypeError) as error:
+        return None, f"window layout not lifted: {error}"
+    record = SiteRecord(
+        graph_id, match.anchor.name, match.family, True, site.summary, "; ".join(site.notes),
+        site.cascade,
+    )  # fmt: skip
+    return record, ""
 
 
 def _skipped(graph_id: int, anchor: Node, reason: str, family: str = "") -> SiteRecord:

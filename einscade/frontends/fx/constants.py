@@ -2,8 +2,9 @@
 ``tril`` of ``ones``, a mask buffer of the module, a scale held in a one-element tensor.
 
 A node is constant when everything it reads is: factory calls (``arange``, ``ones``,
-``tensor``), ``get_attr`` tensors, and module buffers of bool or integer dtype (masks and
-index tables; float buffers may be caches that change between calls). Constants are computed
+``tensor``), ``get_attr`` tensors, and module buffers that need no gradient (mask buffers of
+any dtype: timm's Swin keeps its shifted-window mask as a float buffer; index tables).
+Parameters never are: they are weights, read at run time. Constants are computed
 by running their subgraph on the real buffer values Dynamo passes as example inputs. Nothing
 random, in-place or with symbolic sizes is evaluated, and nothing larger than
 :data:`MAX_ELEMENTS`.
@@ -151,7 +152,7 @@ def buffer_fingerprint(tensor: torch.Tensor) -> tuple[int, int]:
 def _is_constant_buffer(node: Node, value: object) -> bool:
     if not isinstance(value, torch.Tensor) or is_fake(value):
         return False
-    if value.is_floating_point() or value.is_complex():
+    if value.is_complex():
         return False
     if value.numel() > MAX_ELEMENTS or value.requires_grad:
         return False

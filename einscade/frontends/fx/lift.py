@@ -52,7 +52,7 @@ def lift(match: Match, constants: Constants) -> Lifted:
     structure, constant = _constant_structure(match, constants, notes)
     bias_terms = tuple(t for i, t in enumerate(match.terms) if i not in constant)
     constant_terms = tuple(match.terms[i] for i in constant)
-    scale = _cascade_scale(match.scale, _static_dim(match.q, -1))
+    scale = cascade_scale(match.scale, _static_dim(match.q, -1))
     cascade = _build(match, structure, bool(bias_terms), scale)
     guards = tuple(
         (buffer, constants.example(buffer))
@@ -145,7 +145,7 @@ def _build(
     return structure.build(kv_heads=match.kv_heads, bias=bias, scale=scale)
 
 
-def _cascade_scale(scale: float | None, head_dim: int | None) -> float | None:
+def cascade_scale(scale: float | None, head_dim: int | None) -> float | None:
     """None (the cascade's default ``1 / sqrt(E)``) when the scale is that value."""
     if scale is None or (head_dim and math.isclose(scale, head_dim**-0.5, rel_tol=1e-12)):
         return None

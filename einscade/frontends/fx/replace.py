@@ -48,7 +48,7 @@ def replace_site(gm: GraphModule, lifted: Lifted, run: runtime.SiteKernel) -> No
             out = graph.call_method("permute", (call, match.out_perm))
             inserted.append(out)
     try:
-        _propagate_fake(inserted, fake_mode)
+        propagate_fake(inserted, fake_mode)
     except Exception as error:  # the site stays as it was: undo the insertion
         for node in reversed(inserted):
             graph.erase_node(node)
@@ -119,7 +119,7 @@ def _term(graph: Graph, term: Term) -> Node:
     return graph.call_function(torch.where, (term.node, *branches))
 
 
-def _propagate_fake(nodes: list[Node], fake_mode: object) -> None:
+def propagate_fake(nodes: list[Node], fake_mode: object) -> None:
     """Give each new node Dynamo's ``example_value``, computed on the inputs' fake values."""
     if fake_mode is None:
         return

@@ -1,6 +1,8 @@
 """What runs in place of an attention site: the custom op ``einscade::site``.
 
 Each replaced site becomes one call ``torch.ops.einscade.site(q, k, v, bias, guards, key)``.
+A window site lifted onto its token grid (:mod:`.regrid`) calls ``einscade::window_site``
+instead, on grid-ordered tokens.
 ``key`` names a :class:`SiteKernel` registered at compile time (the cascade and the callable
 that executes it). A custom op is opaque to Inductor and AOT autograd: they keep the call as
 an external kernel and read its output shape from the fake implementation, so the rest of
@@ -171,3 +173,32 @@ def _check_guards(entry: SiteKernel, guards: list[torch.Tensor], key: str) -> No
                 "site's mask structure was read from it; call torch._dynamo.reset() and "
                 "compile again"
             )
+
+
+@torch.library.custom_op("einscade::window_site", mutates_args=())
+def window_site(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    position_bias: torch.Tensor | None,
+    guards: list[torch.Tensor],
+    key: str,
+) -> torch.Tensor:
+    """Run the lifted window site ``key`` on the token grid: Q ``[B, H, P, E]``, K
+    ``[B, H, M, E]``, V ``[B, H, M, F]`` (P = M = the grid's tokens, row-major) and the
+    relative-position bias ``[H or 1, N, N]`` of one window; returns ``[B, H, P, F]``."""
+    entry = kernel(key)
+    _check_guards(entry, guards, key)
+    inputs = {"Q": q, "K": k, "V": v}
+    if position_bias is not None:
+        inputs["RB"] = position_bias
+    dtype = entry.compute_dtype or q.dtype
+    with torch.inference_mode(False), torch.no_grad():
+        out = entry.run(dtype, **inputs)
+    return out.to(entry.out_dtype).contiguous()
+
+
+@window_site.register_fake
+def _window_site_fake(q, k, v, position_bias, guards, key):  # type: ignore[no-untyped-def]
+    entry = kernel(key)
+    return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=entry.out_dtype)

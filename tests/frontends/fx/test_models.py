@@ -13,7 +13,12 @@ BERT = "softmax_attention(bias, scale=0.25)"  # the padding mask comes from an i
 CAUSAL = "softmax_attention(causal, scale=0.25)"  # the mask is built from arange: constant
 LLAMA = "softmax_attention(causal, kv_heads, scale=0.353553)"
 VIT = "softmax_attention(scale=0.25)"
-SWIN = "softmax_attention(bias, scale=0.353553)"  # relative-position bias (+ shifted mask)
+SWIN = "softmax_attention(bias, scale=0.353553)"  # per window: relative-position bias (+ mask)
+# Swin lifted onto its 8 x 8 token grid: plain windows, then windows shifted by 2.
+SWIN_GRID = [
+    "window_attention(grid=(8, 8), window=(4, 4), bias, scale=0.353553)",
+    "window_attention(grid=(8, 8), window=(4, 4), shift=(2, 2), bias, scale=0.353553)",
+]
 
 # (builder, attn_implementation, the summary of each of its sites)
 TRANSFORMERS = {
@@ -25,22 +30,22 @@ TRANSFORMERS = {
     "llama-sdpa": (models.llama, "sdpa", [LLAMA] * 2),
     "vit-eager": (models.vit, "eager", [VIT] * 2),
     "vit-sdpa": (models.vit, "sdpa", [VIT] * 2),
-    "swin-eager": (models.swin, "eager", [SWIN] * 2),
-    "swin-sdpa": (models.swin, "sdpa", [SWIN] * 2),
 }
 # The other implementation of each model is in the default run.
-_SLOW = {"bert-sdpa", "gpt2-sdpa", "llama-eager", "vit-eager", "swin-sdpa"}
+_SLOW = {"bert-sdpa", "gpt2-sdpa", "llama-eager", "vit-eager"}
 
 
-def _check(example: models.Example, expected: list[str]) -> None:
+def _check(example: models.Example, expected: list[str], target: str = "auto") -> list:
     torch._dynamo.reset()
-    compiled = torch.compile(example.model, backend="einscade", options={"fallback": "eager"})
+    options = {"fallback": "eager", "target": target}
+    compiled = torch.compile(example.model, backend="einscade", options=options)
     with torch.no_grad(), record_sites() as records:
         got = example.run(compiled)
         want = example.run()
     assert [r.summary for r in records if r.captured] == expected, records
     assert all(r.captured for r in records), records
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    return records
 
 
 @pytest.mark.parametrize(
@@ -53,6 +58,34 @@ def test_transformers_model_is_captured_and_matches_eager(name):
     _check(build(impl), expected)
 
 
+@pytest.mark.parametrize(
+    ("impl", "target"),
+    [
+        ("eager", "torch"),
+        pytest.param("sdpa", "torch", marks=pytest.mark.slow),
+        pytest.param("eager", "reference", marks=pytest.mark.slow),
+        ("sdpa", "reference"),
+    ],
+)
+def test_swin_windows_are_lifted_onto_the_token_grid(impl, target):
+    """Both Swin blocks become one window_attention cascade on the 8 x 8 grid: the window
+    partition, the roll and the region mask are read as indices, the relative-position bias
+    stays a gathered input."""
+    torch.manual_seed(0)
+    records = _check(models.swin(impl), SWIN_GRID, target)
+    assert all("lifted onto the 8 x 8 token grid" in r.reason for r in records)
+    assert all([d.name for d in r.cascade.inputs][-1] == "RB" for r in records)
+
+
+@pytest.mark.slow  # another model: ~8 s
+def test_padded_swin_stays_per_window():
+    """A 6 x 6 grid is padded to 8 x 8 for 4 x 4 windows: the padded windows stay per
+    window, with the reason."""
+    torch.manual_seed(0)
+    records = _check(models.swin("eager", image_size=24), [SWIN] * 2)
+    assert all("pads the grid to a multiple of the window" in r.reason for r in records)
+
+
 TIMM = {
     "vit": (
         "vit_tiny_patch16_224",
@@ -63,7 +96,7 @@ TIMM = {
         "swin_tiny_patch4_window7_224",
         {"img_size": 32, "patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": (2,),
          "num_heads": (2,)},
-        [SWIN] * 2,  # the shifted block adds its window mask in a [b, windows, h, p, m] view
+        SWIN_GRID,  # lifted; timm adds the shifted mask (a float buffer) in a 5-D view
     ),
 }  # fmt: skip
 
@@ -72,4 +105,6 @@ TIMM = {
 def test_timm_model_is_captured_and_matches_eager(name):
     arch, config, expected = TIMM[name]
     torch.manual_seed(0)
-    _check(models.timm_model(arch, **config), expected)
+    records = _check(models.timm_model(arch, **config), expected)
+    if expected is SWIN_GRID:
+        assert all("lifted onto the 8 x 8 token grid" in r.reason for r in records)
