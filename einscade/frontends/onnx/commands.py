@@ -19,6 +19,7 @@ from rich.console import Console
 
 from einscade.frontends.onnx.errors import OnnxModelError
 from einscade.frontends.onnx.load import LoadedModel, load_model
+from einscade.frontends.onnx.opset import ATTENTION_OPSET, raise_opset
 from einscade.frontends.onnx.progress import Steps, is_large
 from einscade.frontends.onnx.report import (
     op_counts,
@@ -26,13 +27,7 @@ from einscade.frontends.onnx.report import (
     print_rewrite_report,
     summary_line,
 )
-from einscade.frontends.onnx.rewrite import (
-    ATTENTION_OPSET,
-    Decision,
-    expressible,
-    raise_opset,
-    rewrite_sites,
-)
+from einscade.frontends.onnx.rewrite import Decision, expressible, rewrite_sites
 from einscade.frontends.onnx.sites import Discovery, find_sites
 from einscade.frontends.onnx.validate import (
     Comparison,

@@ -33,6 +33,25 @@ def key_shape(site: Site) -> ir.Shape | None:
     return ir.Shape([v.key.shape[p] for p in v.key_perm])
 
 
+def fused_op_checks(site: Site, takes: str, dtypes: frozenset) -> tuple[list[str], list | None]:
+    """The checks every fused-op rewrite starts with: reasons against the site, and the shapes
+    of Q, K as ``[..., M, E]`` and V (None where they cannot be known; the reasons say why).
+    ``takes`` names the op in the reasons ("Attention takes", "the ops take")."""
+    v = site.values
+    reasons = [n for n in site.notes if n.startswith("softmax runs in")]
+    if site.family == "decomposed" and site.scale is None:
+        reasons.append(f"the scale is computed at run time ({takes} a constant)")
+    if v.key is None:
+        return [*reasons, "K is only available transposed, through dynamic Reshapes"], None
+    if v.query.dtype not in dtypes:
+        names = ", ".join(sorted(t.name.lower() for t in dtypes))
+        reasons.append(f"Q has dtype {v.query.dtype} ({takes} {names})")
+    shapes = [v.query.shape, key_shape(site), v.value.shape]
+    if any(s is None for s in shapes):
+        return [*reasons, "the ranks of Q, K, V are unknown"], None
+    return reasons, shapes
+
+
 def head_blockers(q: ir.Shape, k: ir.Shape, v: ir.Shape) -> list[str]:
     """Why Q, K, V of ranks 3 or 4 (SDPA layout) do not fit one attention op."""
     if len(q) == 3:  # batch*heads in axis 0

@@ -8,8 +8,10 @@ that folder, lazily, through onnx-ir. Nothing outside the model folder is ever o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from einscade.frontends.onnx.errors import OnnxModelError
+from einscade.frontends.onnx.function_shapes import annotate_functions
 
 # Domains onnxruntime implements besides the ONNX ones (any version is accepted for them).
 RUNTIME_DOMAINS = frozenset(
@@ -51,6 +54,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     except Exception as error:  # a model we can still read; matching just sees fewer shapes
         notes.append(f"shape inference failed: {' '.join(str(error).split())[:200]}")
     proto = _infer_through_contrib_ops(proto, notes)
+    proto = annotate_functions(proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
@@ -72,7 +76,12 @@ def _infer_through_contrib_ops(proto: onnx.ModelProto, notes: list[str]) -> onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
-        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+        # When incomplete it saves sym_shape_infer_temp.onnx in the working folder: let it
+        # write into a temporary one instead (nothing but the output may be written).
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            return SymbolicShapeInference.infer_shapes(
+                proto, auto_merge=True, guess_output_rank=True
+            )
     except Exception as error:
         notes.append(f"onnxruntime's shape inference failed: {' '.join(str(error).split())[:200]}")
         return proto

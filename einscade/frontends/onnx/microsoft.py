@@ -10,6 +10,8 @@ cascade is the attention after the projection; the notes say what the op adds ar
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx_ir as ir
 
 from einscade.frontends.onnx.masks import cascade_for
@@ -34,16 +36,17 @@ def lift_attention(index, label, node_sets, match, constants: ConstantLookup) ->
     if "qkv_hidden_sizes" in node.attributes:
         sizes = list(node.attributes["qkv_hidden_sizes"].as_ints())
         notes.append(f"hidden sizes of Q, K, V: {sizes}")
-    if _int(node, "do_rotary"):
-        notes.append("rotary embedding is applied inside the op (not in the cascade)")
     notes += _past_notes(past is not None, causal)
     mask, mask_notes = _masks(node, mask_index, attention_bias, constants)
-    return _site(
+    site = _site(
         index, label, node, family="ms-attention", causal=causal, heads=heads,
         roles=(x, x, x), mask=mask, notes=notes + mask_notes, constants=constants,
         layout=f"[batch, tokens, hidden] projected in the op (num_heads={heads})",
         shapes=shapes_of(input=x, weights=weights, bias=bias, out=node.outputs[0]),
     )  # fmt: skip
+    if _int(node, "do_rotary"):  # applied inside the op: the cascade would be wrong
+        return replace(site, unsupported=("rotary embedding of Q and K (do_rotary=1)",))
+    return site
 
 
 def lift_multi_head(index, label, node_sets, match, constants: ConstantLookup) -> Site:

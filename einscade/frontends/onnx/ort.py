@@ -28,11 +28,12 @@ import onnx_ir as ir
 from einscade.frontends.onnx.layouts import (
     Emitter,
     dropped_mask,
+    fused_op_checks,
     head_blockers,
-    key_shape,
     mask_blockers,
 )
 from einscade.frontends.onnx.records import Site
+from einscade.frontends.onnx.repeats import RepeatedKV, repeated_kv
 from einscade.frontends.onnx.shapes import same_dim
 
 MS_DOMAIN = "com.microsoft"
@@ -50,6 +51,8 @@ class OrtPlan:
     causal: bool
     bias: bool  # the site's mask becomes attention_bias
     remark: str
+    # K and V before the exporter repeated them over query heads (read by GroupQueryAttention)
+    repeated: RepeatedKV | None = None
 
 
 def ort_plan(site: Site) -> OrtPlan | list[str]:
@@ -57,18 +60,11 @@ def ort_plan(site: Site) -> OrtPlan | list[str]:
     if site.family.startswith("ms-"):
         return ["already a com.microsoft op"]
     v = site.values
-    reasons = [n for n in site.notes if n.startswith("softmax runs in")]
-    if site.family == "decomposed" and site.scale is None:
-        reasons.append("the scale is computed at run time (the ops take a constant)")
+    reasons, shapes = fused_op_checks(site, "the ops take", _TYPES)
     if site.family == "attention-op" and len(v.nodes[0].inputs) > 4 and v.nodes[0].inputs[4]:
         reasons.append("past_key/past_value (a KV cache) are not mapped")
-    if v.key is None:
-        return [*reasons, "K is only available transposed, through dynamic Reshapes"]
-    if v.query.dtype not in _TYPES:
-        reasons.append(f"Q has dtype {v.query.dtype} (the ops take float, float16, bfloat16)")
-    shapes = [v.query.shape, key_shape(site), v.value.shape]
-    if any(s is None for s in shapes):
-        return [*reasons, "the ranks of Q, K, V are unknown"]
+    if shapes is None:
+        return reasons
     layout = _layout(site, shapes)
     if isinstance(layout, str):
         return [*reasons, layout]
@@ -78,6 +74,9 @@ def ort_plan(site: Site) -> OrtPlan | list[str]:
     softcap = _softcap(site)
     grouped = kv_heads != heads or softcap
     same_length = same_dim(*lengths)
+    repeated = _usable_repeat(site, name, same_length, head_sizes)
+    if repeated is not None:
+        grouped, kv_heads = True, repeated.kv_heads
     causal, bias, mask_reasons = _mask_plan(site, same_length)
     reasons += mask_reasons
     if grouped:
@@ -85,7 +84,24 @@ def ort_plan(site: Site) -> OrtPlan | list[str]:
     if reasons:
         return reasons
     op = "GroupQueryAttention" if grouped else "MultiHeadAttention"
-    return OrtPlan(op, name, heads, kv_heads, causal, bias, _remark(site, causal, bias))
+    remark = _remark(site, causal, bias)
+    if repeated is not None:
+        remark = "; ".join(x for x in (remark, _REPEAT_REMARK.format(repeated.kv_heads)) if x)
+    return OrtPlan(op, name, heads, kv_heads, causal, bias, remark, repeated)
+
+
+_REPEAT_REMARK = "K, V repeated by the export: GroupQueryAttention reads their {} KV heads"
+
+
+def _usable_repeat(site: Site, layout: str, same_length: bool, head_sizes) -> RepeatedKV | None:
+    """The un-repeated K and V where GroupQueryAttention can read them: a [B, H, P, E] site
+    whose K is not transposed further, P = M (no past), and K, V of one head size."""
+    if layout != "bhpe" or site.values.key_perm is not None or not same_length:
+        return None
+    key_size, value_size = head_sizes
+    if not (isinstance(key_size, int) and key_size == value_size):
+        return None
+    return repeated_kv(site)
 
 
 def _layout(site: Site, shapes) -> tuple | str:
@@ -181,8 +197,11 @@ def ort_nodes(site: Site, plan: OrtPlan) -> tuple[list[ir.Node], ir.Value]:
     """The nodes replacing ``site`` and the value that takes its output's place."""
     v = site.values
     emit = Emitter(f"{site.output}__einscade")
-    query, key, value = v.query, emit.key(site), v.value
-    key_as_given = key
+    if plan.repeated is not None:  # the repeat stays unread and is removed with the chain
+        key, value = plan.repeated.key, plan.repeated.value
+    else:
+        key, value = emit.key(site), v.value
+    query, key_as_given = v.query, key
     if plan.layout == "bhpe":
         query = _heads_last(emit, query, "q")
         if plan.op == "GroupQueryAttention":  # MultiHeadAttention reads 4-D K, V as they are

@@ -17,7 +17,7 @@ Forms of the decomposed chain (torch dynamo at opsets 18-23 and the legacy expor
     out  = MatMul(A, V)
 
 Fused ops are sites too: the standard ``Attention`` (opset 23+) and com.microsoft's
-``Attention`` (QKV projection included) and ``MultiHeadAttention``.
+``Attention`` (QKV projection included), ``MultiHeadAttention`` and ``GroupQueryAttention``.
 """
 
 from __future__ import annotations
@@ -127,6 +127,14 @@ class MicrosoftMultiHeadAttention(pattern.PatternBase):
                                      _allow_other_attributes=True)  # fmt: skip
 
 
+class MicrosoftGroupQueryAttention(pattern.PatternBase):
+    """com.microsoft ``GroupQueryAttention`` (separate or packed QKV, optional past)."""
+
+    def pattern(self, op, query):
+        return op.GroupQueryAttention(query, _domain="com.microsoft", _allow_other_inputs=True,
+                                      _allow_other_attributes=True)  # fmt: skip
+
+
 def _check_softmax_axis(model: ir.Model, softmax: ir.Node, axis_attr: ir.Attr | None) -> None:
     """Softmax must normalise over the key axis, the last one."""
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
@@ -180,4 +188,5 @@ FAMILIES: tuple[tuple[str, tuple[pattern.RewriteRule, ...]], ...] = (
     ("attention-op", commuted(AttentionOp())),
     ("ms-attention", commuted(MicrosoftAttention())),
     ("ms-mha", commuted(MicrosoftMultiHeadAttention())),
+    ("ms-gqa", commuted(MicrosoftGroupQueryAttention())),
 )

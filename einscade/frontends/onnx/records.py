@@ -54,7 +54,8 @@ class Site:
 
     index: int
     # "decomposed" (MatMul ... Softmax ... MatMul), "attention-op" (the standard op),
-    # "ms-attention" / "ms-mha" (com.microsoft Attention / MultiHeadAttention)
+    # "ms-attention" / "ms-mha" / "ms-gqa" (com.microsoft Attention / MultiHeadAttention /
+    # GroupQueryAttention)
     family: str
     container: str  # "graph" or "function DOMAIN::NAME"
     node_names: tuple[str, ...]
@@ -74,6 +75,8 @@ class Site:
     cascade: Cascade
     values: SiteValues = field(compare=False, repr=False)
     mask_structure: RecognisedMask | None = None  # a constant mask's recognised structure
+    # What a fused op computes that the cascade does not (rotary, ...): never rewritten.
+    unsupported: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

@@ -83,6 +83,7 @@ def _print_site(site: Site, console: Console) -> None:
     if site.mask_family is not None:
         lines.append(f"  mask structure: {site.mask_family} (verified element by element)")
     lines += [f"  note:   {note}" for note in site.notes]
+    lines += [f"  not in the cascade: {what} (never rewritten)" for what in site.unsupported]
     console.print(Text("\n".join(lines)))
     console.file.write(_indent(print_cascade(site.cascade)))
 

@@ -17,25 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx.helper
 import onnx_ir as ir
-from onnxscript import version_converter
 
 from einscade.frontends.onnx.layouts import (
     FLOATS,
     Emitter,
     dropped_mask,
+    fused_op_checks,
     head_blockers,
-    key_shape,
     mask_blockers,
 )
+from einscade.frontends.onnx.opset import ATTENTION_OPSET
 from einscade.frontends.onnx.ort import MS_DOMAIN, OrtPlan, ort_nodes, ort_plan
 from einscade.frontends.onnx.sites import Site
 from einscade.ir.printer import print_cascade
 
 DOMAIN = "einscade"
 MODES = ("function", "onnx-attention", "ort")
-ATTENTION_OPSET = 23
 
 
 @dataclass(frozen=True)
@@ -54,27 +52,41 @@ def rewrite_sites(model: ir.Model, sites: tuple[Site, ...], mode: str) -> tuple[
         raise ValueError(f"rewrite mode {mode!r} is not one of {', '.join(MODES)}")
     # Read before rewriting: removed nodes lose their inputs.
     outer = {site.index: _outer_inputs(site) for site in sites}
+    containers = dict(containers_of(model))
     decisions = []
     for site in sites:
-        if site.container != "graph":
-            decisions.append(Decision(site, False, "kept", f"inside {site.container}"))
-        elif _extra_outputs_used(site):
-            reason = "its present_key/present_value or qk outputs are used (not wrapped yet)"
-            decisions.append(Decision(site, False, "kept", reason))
+        container = containers[site.container]
+        blocked = _blocker(site, container, mode)
+        if blocked is not None:
+            decisions.append(Decision(site, False, "kept", blocked))
         elif mode == "function":
-            decisions.append(_wrap_in_function(model, site))
+            decisions.append(_wrap_in_function(model, container, site))
         elif mode == "ort":
-            decisions.append(_to_ort(model, site))
+            decisions.append(_to_ort(model, container, site))
         else:
-            decisions.append(_to_attention_op(model, site))
-    dead = [
-        value
-        for d in decisions
-        if d.rewritten
-        for value in (*outer[d.site.index], *(o for n in d.site.values.shared for o in n.outputs))
-    ]
-    _drop_dead_values(model, dead)
+            decisions.append(_to_attention_op(container, site))
+    for decision in (d for d in decisions if d.rewritten):
+        site = decision.site
+        shared = (o for n in site.values.shared for o in n.outputs)
+        _drop_dead_values(containers[site.container], [*outer[site.index], *shared])
     return tuple(decisions)
+
+
+def containers_of(model: ir.Model) -> list[tuple[str, ir.Graph | ir.Function]]:
+    """(label, graph or function) as sites name their container."""
+    functions = [(f"function {f.domain}::{f.name}", f) for f in model.functions.values()]
+    return [("graph", model.graph), *functions]
+
+
+def _blocker(site: Site, container: ir.Graph | ir.Function, mode: str) -> str | None:
+    """Why no mode rewrites ``site``, or None."""
+    if site.unsupported:
+        return f"the cascade does not describe what the op computes: {'; '.join(site.unsupported)}"
+    if _extra_outputs_used(site):
+        return "its present_key/present_value or qk outputs are used (not wrapped yet)"
+    if mode == "function" and isinstance(container, ir.Function) and container.domain == DOMAIN:
+        return f"already inside {DOMAIN}::{container.name}"
+    return None
 
 
 def _extra_outputs_used(site: Site) -> bool:
@@ -88,8 +100,7 @@ def _extra_outputs_used(site: Site) -> bool:
 # -- function mode ---------------------------------------------------------------------------
 
 
-def _wrap_in_function(model: ir.Model, site: Site) -> Decision:
-    graph = model.graph
+def _wrap_in_function(model: ir.Model, container: ir.Graph | ir.Function, site: Site) -> Decision:
     nodes = site.values.nodes
     outer = _outer_inputs(site)
     # Small constants (scales, reshape shapes) go inside: a function's inputs carry no shape,
@@ -103,7 +114,7 @@ def _wrap_in_function(model: ir.Model, site: Site) -> Decision:
     formal.update({v: node.outputs[0] for v, node in zip(inner, constants, strict=True)})
     body, mapping = _copy_nodes(nodes, formal)
     domains = {n.domain for n in nodes} | {""}
-    opsets = {d: v for d, v in graph.opset_imports.items() if d in domains}
+    opsets = {d: v for d, v in _opsets(model, container).items() if d in domains}
     body_graph = ir.Graph(
         [formal[v] for v in outer], [mapping[site.values.output]], nodes=constants + body,
         opset_imports=opsets,
@@ -112,15 +123,17 @@ def _wrap_in_function(model: ir.Model, site: Site) -> Decision:
     function = ir.Function(DOMAIN, name, graph=body_graph, attributes=[cascade_attr])
     model.functions[function.identifier()] = function
     model.opset_imports.setdefault(DOMAIN, 1)
+    container.opset_imports.setdefault(DOMAIN, 1)  # a function calling ours imports it too
     call = ir.Node(
         DOMAIN, name, outer, [ir.Attr("cascade", ir.AttributeType.STRING, text)],
         num_outputs=1, name=f"einscade_{name}",
     )  # fmt: skip
     # onnx infers no types through contrib ops in a function body: state the output's.
     output = site.values.output
-    call.outputs[0].type = output.type or ir.TensorType(site.values.query.dtype)
+    dtype = site.values.query.dtype
+    call.outputs[0].type = output.type or (ir.TensorType(dtype) if dtype is not None else None)
     call.outputs[0].shape = output.shape
-    _replace(graph, site, [call], call.outputs[0])
+    _replace(container, site, [call], call.outputs[0])
     return Decision(site, True, f"function {DOMAIN}::{name}", f"{len(nodes)} nodes wrapped")
 
 
@@ -137,14 +150,30 @@ def _roles(site: Site) -> tuple[ir.Value, ...]:
     return tuple(x for x in (v.query, v.key, v.value, v.mask) if x is not None)
 
 
+def _opsets(model: ir.Model, container: ir.Graph | ir.Function) -> dict[str, int]:
+    """The opsets nodes of ``container`` see (a function's own imports win)."""
+    return {**model.opset_imports, **container.opset_imports}
+
+
 def _small_constant(value: ir.Value) -> bool:
-    """An initializer (not a graph input) of at most 64 elements."""
-    tensor = value.const_value
+    """An initializer (not a graph input) or Constant output of at most 64 elements."""
+    tensor = _constant_tensor(value)
     return tensor is not None and tensor.size <= 64 and not value.is_graph_input()
 
 
+def _constant_tensor(value: ir.Value):
+    """The tensor of an initializer or of a Constant node's ``value``, else None."""
+    if value.const_value is not None:
+        return value.const_value
+    producer = value.producer()
+    if producer is None or producer.op_type != "Constant" or producer.domain not in ("", "ai.onnx"):
+        return None
+    attr = producer.attributes.get("value")
+    return None if attr is None or attr.is_ref() else attr.value
+
+
 def _constant_node(value: ir.Value) -> ir.Node:
-    tensor = ir.tensor(value.const_value.numpy())  # read now: the input's file stays behind
+    tensor = ir.tensor(_constant_tensor(value).numpy())  # read now: the input's file stays
     node = ir.Node("", "Constant", [], [ir.AttrTensor("value", tensor)], name=value.name)
     node.outputs[0].name, node.outputs[0].type = value.name, value.type
     node.outputs[0].shape = value.shape
@@ -189,7 +218,7 @@ def _fresh_function_name(model: ir.Model, base: str) -> str:
     return name
 
 
-def _replace(graph: ir.Graph, site: Site, new_nodes: list[ir.Node], new_output: ir.Value) -> None:
+def _replace(graph, site: Site, new_nodes: list[ir.Node], new_output: ir.Value) -> None:
     """Swap the site's nodes for ``new_nodes``; the new output takes the old name and uses.
 
     Shared nodes stay for their other readers (the new nodes hold copies of them)."""
@@ -200,45 +229,6 @@ def _replace(graph: ir.Graph, site: Site, new_nodes: list[ir.Node], new_output: 
 
 
 # -- onnx-attention mode ---------------------------------------------------------------------
-
-
-def raise_opset(model: ir.Model, version: int = ATTENTION_OPSET) -> tuple[ir.Model, str | None]:
-    """``model`` if its ONNX opset is ``version`` or newer, else a converted copy; with the
-    reason when the conversion is not possible (onnxscript's version converter decides)."""
-    current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if current is None:
-        return model, "the model imports no ONNX opset"
-    if current >= version:
-        return model, None
-    converted = model.clone()
-    try:
-        version_converter.convert_version(converted, target_version=version, fallback=False)
-    except Exception as error:
-        text = " ".join(str(error).split())[:200]
-        return model, f"cannot convert opset {current} to {version}: {text}"
-    converted.opset_imports.pop("ai.onnx", None)
-    converted.opset_imports[""] = version
-    opsets = [onnx.helper.make_opsetid("", version)]
-    minimum = onnx.helper.find_min_ir_version_for(opsets)
-    converted.ir_version = max(converted.ir_version or 0, minimum)
-    broken = _conversion_error(converted)
-    if broken is not None:
-        return model, f"converting opset {current} to {version} gives an invalid model: {broken}"
-    return converted, None
-
-
-def _conversion_error(model: ir.Model) -> str | None:
-    """The onnx checker's complaint about a converted graph's nodes (the converter can leave
-    attributes of the old opset behind); nodes only, so no weights are read."""
-    context = onnx.checker.C.CheckerContext()
-    context.ir_version = model.ir_version
-    context.opset_imports = dict(model.opset_imports)
-    for node in model.graph:
-        try:
-            onnx.checker.check_node(ir.serde.serialize_node(node), context)
-        except Exception as error:
-            return " ".join(str(error).split())[:200]
-    return None
 
 
 def expressible(site: Site) -> bool:
@@ -252,17 +242,9 @@ def attention_blockers(site: Site) -> list[str]:
         return ["already a standard Attention op"]
     if site.family.startswith("ms-"):
         return ["a com.microsoft op: kept as it is"]
-    v = site.values
-    reasons = [n for n in site.notes if n.startswith("softmax runs in")]
-    if site.scale is None:
-        reasons.append("the scale is computed at run time (Attention takes a constant)")
-    if v.key is None:
-        return [*reasons, "K is only available transposed, through dynamic Reshapes"]
-    if v.query.dtype not in FLOATS:
-        reasons.append(f"Q has dtype {v.query.dtype}")
-    shapes = [v.query.shape, key_shape(site), v.value.shape]
-    if any(s is None for s in shapes):
-        return [*reasons, "the ranks of Q, K, V are unknown"]
+    reasons, shapes = fused_op_checks(site, "Attention takes", FLOATS)
+    if shapes is None:
+        return reasons
     ranks = {len(s) for s in shapes}
     if len(ranks) != 1 or ranks.pop() not in (3, 4):
         return [*reasons, f"Q, K, V have ranks {[len(s) for s in shapes]} (Attention takes 4-D)"]
@@ -272,12 +254,12 @@ def attention_blockers(site: Site) -> list[str]:
     return reasons
 
 
-def _to_attention_op(model: ir.Model, site: Site) -> Decision:
+def _to_attention_op(container: ir.Graph | ir.Function, site: Site) -> Decision:
     blockers = attention_blockers(site)
     if blockers:
         return Decision(site, False, "kept", "; ".join(blockers))
     new_nodes, output = _attention_nodes(site)
-    _replace(model.graph, site, new_nodes, output)
+    _replace(container, site, new_nodes, output)
     # Without SDPA's IsNaN guard a row whose mask hides every key gave NaN; Attention gives 0.
     return Decision(site, True, f"Attention (opset {ATTENTION_OPSET})", mask_remark(site))
 
@@ -293,13 +275,14 @@ def mask_remark(site: Site) -> str:
     return "" if guarded or site.mask is None else "rows masked entirely by -inf give 0, not NaN"
 
 
-def _to_ort(model: ir.Model, site: Site) -> Decision:
+def _to_ort(model: ir.Model, container: ir.Graph | ir.Function, site: Site) -> Decision:
     plan = ort_plan(site)
     if not isinstance(plan, OrtPlan):
         return Decision(site, False, "kept", "; ".join(plan))
     new_nodes, output = ort_nodes(site, plan)
-    _replace(model.graph, site, new_nodes, output)
+    _replace(container, site, new_nodes, output)
     model.opset_imports.setdefault(MS_DOMAIN, 1)
+    container.opset_imports.setdefault(MS_DOMAIN, 1)
     return Decision(site, True, f"{plan.op} ({MS_DOMAIN})", plan.remark)
 
 
@@ -329,9 +312,9 @@ def _attention_nodes(site: Site) -> tuple[list[ir.Node], ir.Value]:
     return emit.nodes, out
 
 
-def _drop_dead_values(model: ir.Model, candidates: list[ir.Value]) -> None:
+def _drop_dead_values(container: ir.Graph | ir.Function, candidates: list[ir.Value]) -> None:
     """Remove producers and initializers that only the replaced sites read (e.g. K^T, scales)."""
-    graph = model.graph
+    graph = container.graph if isinstance(container, ir.Function) else container
     while candidates:
         value = candidates.pop()
         if value.uses() or value.is_graph_output() or value.is_graph_input():

@@ -5,8 +5,9 @@ graph or in a model-local function. Its record names the ONNX values of Q, K, V,
 output, the head layout, the scale, and its cascade: :func:`~einscade.frontends.softmax.
 softmax_attention`, or the builder of the family a constant mask was recognised as (the
 ``recognise`` hook, :mod:`einscade.frontends.onnx.masks`). com.microsoft ops are lifted in
-:mod:`einscade.frontends.onnx.microsoft`. Every Softmax that no site covers is reported as a
-*miss* with the reason onnxscript's matcher (or our check) gave.
+:mod:`einscade.frontends.onnx.microsoft` and :mod:`einscade.frontends.onnx.group_query`.
+Every Softmax that no site covers is reported as a *miss* with the reason onnxscript's
+matcher (or our check) gave.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from einscade.frontends.onnx import microsoft
+from einscade.frontends.onnx.group_query import lift_group_query
 from einscade.frontends.onnx.masks import cascade_for, recognise_constant
 from einscade.frontends.onnx.misses import Miss, find_misses
 from einscade.frontends.onnx.patterns import FAMILIES, SCALE_PLACES, SCALE_VARS, SCALING_TAGS
@@ -355,4 +357,5 @@ _LIFTERS = {
     "attention-op": _lift_attention_op,
     "ms-attention": microsoft.lift_attention,
     "ms-mha": microsoft.lift_multi_head,
+    "ms-gqa": lift_group_query,
 }

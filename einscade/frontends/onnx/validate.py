@@ -9,6 +9,7 @@ in both models so a difference is traced to the site that made it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,41 @@ def random_inputs(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
             feeds[value.name] = rng.integers(0, 2, size=shape).astype(dtype)
         else:
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+    _group_query_lengths(model, feeds)
     return feeds
+
+
+def _group_query_lengths(model: ir.Model, feeds: dict[str, np.ndarray]) -> None:
+    """GroupQueryAttention's seqlens_k / total_sequence_length, where they are graph inputs,
+    get the lengths the fed K implies (random ones make onnxruntime refuse to run)."""
+    for given in _group_query_inputs(model):
+        inputs = given + [None] * 7
+        key = inputs[1] if inputs[1] is not None else inputs[0]
+        seqlens, total, past = inputs[5], inputs[6], inputs[3]
+        if key is None or key.name not in feeds or seqlens is None or total is None:
+            continue
+        length = feeds[key.name].shape[1]
+        if past is not None and past.name in feeds:
+            length += feeds[past.name].shape[2]
+        if total.name in feeds:
+            feeds[total.name] = np.array(length, dtype=feeds[total.name].dtype)
+        if seqlens.name in feeds:
+            feeds[seqlens.name] = np.full_like(feeds[seqlens.name], length - 1)
+
+
+def _group_query_inputs(model: ir.Model) -> Iterator[list[ir.Value | None]]:
+    """The graph values each GroupQueryAttention reads: in the graph, or in a local function
+    the graph calls (a site wrapped by ``--to function``), mapped through the call."""
+    for node in model.graph:
+        if (node.domain, node.op_type) == ("com.microsoft", "GroupQueryAttention"):
+            yield list(node.inputs)
+        function = model.functions.get((node.domain, node.op_type, node.overload))
+        if function is None:
+            continue
+        actual = dict(zip(function.inputs, node.inputs, strict=False))
+        for inner in function:
+            if (inner.domain, inner.op_type) == ("com.microsoft", "GroupQueryAttention"):
+                yield [actual.get(x) if x is not None else None for x in inner.inputs]
 
 
 def _run(path: Path, probes: list[Site], feeds: dict, what: str) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Small real models exported to ONNX: transformers BERT / GPT-2 / ViT, timm ViT / Swin.
+"""Small real models exported to ONNX: transformers BERT / GPT-2 / ViT / Llama, timm ViT / Swin.
 
 Built from configs with random weights (no downloads), exported by torch's dynamo exporter at
 opsets 18 and 23 or by the legacy exporter. The tests and ``compare_ort`` use the same files.
@@ -25,6 +25,7 @@ EXPORTERS: dict[str, tuple[int, bool]] = {
     "legacy": (17, False),
 }
 SEED = 0
+_DYNAMO = ("dynamo18", "dynamo23")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class ZooModel:
     num_heads: int
     hidden_size: int
     needs_timm: bool = False
-    legacy_only: bool = False  # dynamo export fails (real-models.md: Swin's window views)
+    # None: every exporter. Swin: legacy only (real-models.md: dynamo fails on its window
+    # views); Llama: dynamo only (the legacy exporter has no aten::diff, which its masks use).
+    exporters: tuple[str, ...] | None = None
 
 
 def declare_torchvision_ops() -> None:
@@ -126,6 +129,20 @@ def _vit(impl: str):
     return module, (torch.randn(2, 3, 16, 16),)
 
 
+def _llama(impl: str):
+    import torch
+    import transformers
+
+    # Grouped-query attention: 4 query heads share 2 KV heads.
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        attn_implementation=impl,
+    )  # fmt: skip
+    module = _LastHidden.wrap(transformers.LlamaModel(config), ("input_ids",))
+    return module, (torch.randint(0, 100, (2, 8)),)
+
+
 def _timm_vit():
     import timm
     import torch
@@ -162,15 +179,20 @@ MODELS: dict[str, ZooModel] = {
             )  # fmt: skip
             for impl in ("sdpa", "eager")
         ),
+        # onnxruntime's optimizer has no Llama type; gpt2 (a causal decoder) is the closest.
+        *(
+            ZooModel(f"llama-{impl}", partial(_llama, impl), "gpt2", 4, 32, exporters=_DYNAMO)
+            for impl in ("sdpa", "eager")
+        ),
         ZooModel("timm_vit", _timm_vit, "vit", 2, 32, needs_timm=True),
-        ZooModel("timm_swin", _timm_swin, "swin", 0, 0, needs_timm=True, legacy_only=True),
+        ZooModel("timm_swin", _timm_swin, "swin", 0, 0, needs_timm=True, exporters=("legacy",)),
     )
 }
 
 
 def exporters_for(name: str) -> tuple[str, ...]:
     """The exporters that apply to model ``name``."""
-    return ("legacy",) if MODELS[name].legacy_only else tuple(EXPORTERS)
+    return MODELS[name].exporters or tuple(EXPORTERS)
 
 
 def export(name: str, exporter: str, folder: Path) -> Path:

@@ -261,3 +261,79 @@ def fingerprint(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
+
+
+# -- com.microsoft GroupQueryAttention and model-local functions ------------------------------
+
+
+def gqa_model(*, lengths_inside: bool = True, packed: bool = False,
+              **attrs) -> onnx.ModelProto:  # fmt: skip
+    """One com.microsoft GroupQueryAttention, prefill: q [2, T, 4*8], k, v [2, T, 2*8].
+    ``lengths_inside``: seqlens_k (T - 1 each) and total_sequence_length (T) are computed
+    from K's shape in the graph; else they are int32 graph inputs."""
+    hidden = (4 + 2 * 2) * 8 if packed else 4 * 8
+    inputs = [oh.make_tensor_value_info("q", TensorProto.FLOAT, [2, TOKENS, hidden])]
+    if not packed:
+        inputs += [oh.make_tensor_value_info(x, TensorProto.FLOAT, [2, TOKENS, 16]) for x in "kv"]
+    nodes = []
+    if lengths_inside:
+        nodes = [
+            oh.make_node("Shape", ["q"], ["q_shape"], start=1, end=2),
+            oh.make_node("Cast", ["q_shape"], ["tokens"], to=TensorProto.INT32),
+            oh.make_node("Sub", ["tokens", "one"], ["last"]),
+            oh.make_node("Expand", ["last", "batch"], ["seqlens_k"]),
+            oh.make_node("Reshape", ["tokens", "scalar"], ["total"]),
+        ]
+    else:
+        inputs += [oh.make_tensor_value_info("seqlens_k", TensorProto.INT32, [2]),
+                   oh.make_tensor_value_info("total", TensorProto.INT32, [])]  # fmt: skip
+    initializers = [
+        onnx.numpy_helper.from_array(np.array([1], np.int32), "one"),
+        onnx.numpy_helper.from_array(np.array([2], np.int64), "batch"),
+        onnx.numpy_helper.from_array(np.array([], np.int64), "scalar"),
+    ]
+    qkv = ["q", "", ""] if packed else ["q", "k", "v"]
+    nodes.append(oh.make_node(
+        "GroupQueryAttention", [*qkv, "", "", "seqlens_k", "total"],
+        ["out", "present_k", "present_v"], name="gqa", domain="com.microsoft",
+        num_heads=4, kv_num_heads=2, **attrs,
+    ))  # fmt: skip
+    out = oh.make_tensor_value_info("out", TensorProto.FLOAT, [2, TOKENS, 32])
+    graph = oh.make_graph(nodes, "gqa", inputs, [out], initializer=initializers)
+    opsets = [oh.make_opsetid("", 18), oh.make_opsetid("com.microsoft", 1)]
+    return oh.make_model(graph, opset_imports=opsets, ir_version=10)
+
+
+def function_model(opset: int = 18) -> onnx.ModelProto:
+    """A local function ``local::attn(q, k, v)`` holding a decomposed chain (scale from a
+    Constant node), called twice by the graph on [2, 2, T, 8] inputs; no value_info."""
+    body = [
+        oh.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        oh.make_node("MatMul", ["q", "kt"], ["s"]),
+        oh.make_node(
+            "Constant",
+            [],
+            ["scale"],
+            value=onnx.numpy_helper.from_array(np.array(0.35, np.float32)),
+        ),  # fmt: skip
+        oh.make_node("Mul", ["s", "scale"], ["ss"]),
+        oh.make_node("Softmax", ["ss"], ["w"], axis=-1),
+        oh.make_node("MatMul", ["w", "v"], ["out"]),
+    ]
+    opsets = [oh.make_opsetid("", opset)]
+    function = oh.make_function("local", "attn", ["q", "k", "v"], ["out"], body, opsets)
+    qkv = [2, 2, TOKENS, 8]
+    inputs = [oh.make_tensor_value_info(x, TensorProto.FLOAT, qkv) for x in ("a", "b", "c")]
+    nodes = [
+        oh.make_node("attn", ["a", "b", "c"], ["first"], domain="local", name="call_0"),
+        oh.make_node("attn", ["first", "b", "a"], ["second"], domain="local", name="call_1"),
+        oh.make_node("ReduceMean", ["second"], ["mean"], axes=[1], keepdims=1)
+        if opset < 18
+        else oh.make_node("ReduceMean", ["second", "axes"], ["mean"], keepdims=1),
+    ]
+    initializers = [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    output = oh.make_tensor_value_info("mean", TensorProto.FLOAT, [2, 1, TOKENS, 8])
+    graph = oh.make_graph(nodes, "calls", inputs, [output],
+                          initializer=initializers if opset >= 18 else [])  # fmt: skip
+    model_opsets = [*opsets, oh.make_opsetid("local", 1)]
+    return oh.make_model(graph, opset_imports=model_opsets, ir_version=10, functions=[function])

@@ -12,6 +12,7 @@ import einscade.frontends.onnx.progress as progress_module
 from einscade.compiler.cli import main
 from einscade.frontends.onnx import find_sites, load_model, rewrite_model
 from einscade.frontends.onnx.progress import Steps
+from einscade.frontends.onnx.rewrite import rewrite_sites
 from einscade.ir import print_cascade
 from tests.frontends.onnx import models
 
@@ -35,6 +36,18 @@ def test_attention_with_fused_projection_is_a_site(tmp_path, capsys):
     assert main(["onnx", "inspect", str(source)]) == 0
     out = capsys.readouterr().out
     assert "ms-attention" in out and "cascade @softmax_attention(" in out
+
+
+def test_rotary_inside_the_op_is_never_rewritten(tmp_path):
+    model = models.ms_attention_model()
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("do_rotary", 1))
+    path = tmp_path / "rotary.onnx"
+    onnx.save(model, path)
+    loaded = load_model(path).model
+    (site,) = find_sites(loaded).sites
+    assert site.unsupported == ("rotary embedding of Q and K (do_rotary=1)",)
+    (decision,) = rewrite_sites(loaded, (site,), "function")
+    assert not decision.rewritten and "rotary embedding" in decision.reason
 
 
 def test_unidirectional_is_the_causal_predicate(tmp_path):

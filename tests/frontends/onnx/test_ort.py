@@ -10,13 +10,15 @@ import pytest
 
 from einscade.compiler.cli import main
 from einscade.frontends.onnx import find_sites, load_model, rewrite_model
+from einscade.ir import print_cascade
 from tests.frontends.onnx import models
 
 # (model, {op: count} after the rewrite, sites kept)
 EXPORTED = [
     ("hand_d18", {"MultiHeadAttention": 1}, 0),  # constant causal mask -> unidirectional
     ("hand_legacy", {"MultiHeadAttention": 1}, 0),
-    ("sdpa_d18", {"MultiHeadAttention": 2}, 0),  # bool mask; GQA already repeated to 4 heads
+    # bool mask; causal GQA, whose K and V the export repeats: GroupQueryAttention reads 2 heads
+    ("sdpa_d18", {"MultiHeadAttention": 1, "GroupQueryAttention": 1}, 0),
     ("sdpa_d23", {"MultiHeadAttention": 1, "GroupQueryAttention": 1}, 0),  # causal GQA op
 ]
 
@@ -53,13 +55,16 @@ def test_constant_causal_mask_becomes_the_unidirectional_flag(exported, tmp_path
     assert attrs["unidirectional"] == 1 and len(node.input) == 3  # no attention_bias
 
 
-def test_rewritten_model_is_found_again_as_multi_head_sites(exported, tmp_path):
+def test_rewritten_model_is_found_again_as_contrib_sites(exported, tmp_path):
     out = tmp_path / "out.onnx"
     rewrite_model(exported("sdpa_d23"), out, "ort")
     found = find_sites(load_model(out).model)
-    assert sorted(s.family for s in found.sites) == ["ms-mha"] and not found.misses
-    # The GroupQueryAttention site is no MultiHeadAttention: only one site comes back.
-    assert found.sites[0].mask_form == "float [1, 1, 6, 6]"  # the bool [6, 6] mask, expanded
+    gqa, mha = sorted(found.sites, key=lambda s: s.family)
+    assert (gqa.family, mha.family) == ("ms-gqa", "ms-mha") and not found.misses
+    assert mha.mask_form == "float [1, 1, 6, 6]"  # the bool [6, 6] mask, expanded
+    assert gqa.causal is True and gqa.kv_heads and gqa.mask is None
+    text = print_cascade(gqa.cascade)
+    assert "if m <= seqlens_k[b] and m <= p" in text and "K[b, h // G, m, e]" in text
 
 
 def test_symbolic_dims_mask_expanded_and_3d_attention_op(tmp_path):
@@ -93,6 +98,24 @@ def test_sites_the_ops_cannot_express_are_kept_with_the_reason(tmp_path):
         onnx.save(model, source)
         (decision,) = rewrite_model(source, out, "ort").decisions
         assert not decision.rewritten and reason in decision.reason, (name, decision.reason)
+
+
+def test_repeated_kv_heads_are_read_once_by_group_query_attention(exported, tmp_path):
+    out = tmp_path / "out.onnx"
+    masked, causal = rewrite_model(exported("sdpa_d18"), out, "ort").decisions
+    assert causal.reason.endswith("GroupQueryAttention reads their 2 KV heads")
+    (node,) = [n for n in onnx.load(out).graph.node if n.op_type == "GroupQueryAttention"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["num_heads"] == 4 and attrs["kv_num_heads"] == 2 and attrs["causal"] == 1
+    # The repeat (Unsqueeze -> Expand -> Reshape of K and V) is gone with the chain.
+    graph = onnx.load(out).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    repeats = [
+        n for n in graph.node  # (ours are named after the site; the mask is unsqueezed)
+        if n.op_type == "Expand" and producer[n.input[0]].op_type == "Unsqueeze"
+        and "__einscade" not in n.name
+    ]  # fmt: skip
+    assert not repeats
 
 
 def test_cli_report_names_the_contrib_op(exported, tmp_path, capsys):

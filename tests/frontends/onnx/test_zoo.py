@@ -1,6 +1,6 @@
-"""Real models with random weights (transformers BERT / GPT-2 / ViT, timm ViT / Swin), exported
-here by dynamo at opsets 18 and 23 and by the legacy exporter, rewritten in every mode and
-checked in onnxruntime; plus the comparison with onnxruntime's transformers optimizer."""
+"""Real models with random weights (transformers BERT / GPT-2 / ViT / Llama, timm ViT / Swin),
+exported here by dynamo at opsets 18 and 23 and by the legacy exporter, rewritten in every mode
+and checked in onnxruntime; plus the comparison with onnxruntime's transformers optimizer."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ SITES = {"timm_swin": 4}  # every other model has 2 layers, one site each
 _ALREADY = "already a standard Attention op"
 # (model, exporter) -> sites --to onnx-attention keeps, with the reason
 ATTENTION_KEPT = {
-    **{(m, "dynamo23"): _ALREADY for m in ("bert-sdpa", "gpt2-sdpa", "vit-sdpa", "timm_vit")},
-    # onnxscript's version converter leaves ReduceMean's `axes` attribute at opset 23.
-    ("timm_swin", "legacy"): "converting opset 17 to 23 gives an invalid model",
+    **{
+        (m, "dynamo23"): _ALREADY
+        for m in ("bert-sdpa", "gpt2-sdpa", "vit-sdpa", "llama-sdpa", "timm_vit")
+    },
 }
 LEGACY_GPT2 = "the legacy exporter has no aten::diff (transformers' GPT-2 position masks)"
 
@@ -57,6 +58,8 @@ def test_every_mode_rewrites_and_matches_onnxruntime(tmp_path, name, exporter):
         else:
             assert len(kept) == expected and all(reason in d.reason for d in kept), kept
         np.testing.assert_allclose(models.run(out, feeds)[0], reference, atol=1e-5, rtol=1e-4)
+        if mode == "ort" and name.startswith("llama"):  # 4 query heads read 2 KV heads
+            assert all(d.action.startswith("GroupQueryAttention") for d in result.decisions)
     assert {k: v for k, v in models.fingerprint(tmp_path).items() if "/" not in k} == before
 
 
