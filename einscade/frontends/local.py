@@ -259,6 +259,7 @@ def maxvit_attention(
     size: int | tuple[int, ...],
     mode: str,
     *,
+    position_bias: bool = False,
     scale: float | None = None,
 ) -> Cascade:
     """MaxViT block or grid attention as a masked softmax cascade.
@@ -267,13 +268,19 @@ def maxvit_attention(
     ``x // size == x' // size``. ``mode="grid"``: ``size`` tokens per axis spread
     ``L // size`` apart, ``x % (L // size) == x' % (L // size)`` (dilated blocked
     attention). Every axis length must be divisible by its ``size``.
+
+    With ``position_bias`` the cascade reads an input ``RB[h, i, j]``: the bias the model
+    gathers from its relative-position table for the query at window position ``i`` and the
+    key at ``j``, positions flattened row-major inside the ``size`` window: per axis
+    ``x % size`` for a block, ``x // (L // size)`` for a grid (timm's ``grid_partition``
+    puts the token ``(gy * L // size + sy)`` at position ``gy`` of window ``sy``).
     """
     family = "maxvit_attention"
     if mode not in ("block", "grid"):
         raise ValueError(f"{family}: mode must be 'block' or 'grid', got {mode!r}")
     axes = _axes(family, grid)
     sizes = _per_axis(family, "size", size, len(axes))
-    terms = []
+    windows = []
     for axis, sz in zip(axes, sizes, strict=True):
         sz = _check_int(family, axis, "size", sz, 1)
         if axis.extent % sz != 0:
@@ -283,11 +290,12 @@ def maxvit_attention(
             )
         q, key = axis.query, axis.key
         if mode == "block":
-            terms.append(f"{q} // {sz} == {key} // {sz}")
+            windows.append((f"{q} // {sz}", f"{key} // {sz}", f"{q} % {sz}", f"{key} % {sz}", sz))
         else:
             step = f"({axis.length} // {sz})"
-            terms.append(f"{q} % {step} == {key} % {step}")
-    return _softmax_tail(_grid_builder(family, axes), " and ".join(terms), scale)
+            windows.append((f"{q} % {step}", f"{key} % {step}", f"{q} // {step}",
+                            f"{key} // {step}", sz))  # fmt: skip
+    return _window_cascade(_grid_builder(family, axes), windows, position_bias, scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -321,10 +329,7 @@ def window_attention(
     axes = _axes(family, grid)
     windows = _per_axis(family, "window", window, len(axes))
     shifts = _per_axis(family, "shift", shift, len(axes))
-    b = _grid_builder(family, axes)
-    if position_bias:
-        b.input("RB[h, i, j]")
-    terms, query_pos, key_pos = [], "", ""
+    per_axis = []
     for axis, size, offset in zip(axes, windows, shifts, strict=True):
         size = _check_int(family, axis, "window", size, 1)
         offset = _check_int(family, axis, "shift", offset, 0)
@@ -339,9 +344,28 @@ def window_attention(
             q, key = axis.query, axis.key
         else:
             q, key = f"({q})", f"({key})"
-        terms.append(f"{q} // {size} == {key} // {size}")
-        query_pos = _flat_position(query_pos, f"{q} % {size}", size)
-        key_pos = _flat_position(key_pos, f"{key} % {size}", size)
+        per_axis.append(
+            (f"{q} // {size}", f"{key} // {size}", f"{q} % {size}", f"{key} % {size}", size)
+        )
+    return _window_cascade(_grid_builder(family, axes), per_axis, position_bias, scale)
+
+
+def _window_cascade(
+    b: CascadeBuilder,
+    per_axis: list[tuple[str, str, str, str, int]],
+    position_bias: bool,
+    scale: float | None,
+) -> Cascade:
+    """The window cascade from each axis's (query window, key window, query position, key
+    position, window size): a pair attends iff its windows agree on every axis; with
+    ``position_bias`` the flat positions index ``RB``."""
+    if position_bias:
+        b.input("RB[h, i, j]")
+    terms, query_pos, key_pos = [], "", ""
+    for q_window, k_window, q_inner, k_inner, size in per_axis:
+        terms.append(f"{q_window} == {k_window}")
+        query_pos = _flat_position(query_pos, q_inner, size)
+        key_pos = _flat_position(key_pos, k_inner, size)
     if position_bias:
         b.let("pos_p", query_pos)
         b.let("pos_m", key_pos)

@@ -1,4 +1,4 @@
-"""Lift a window attention site onto the original token grid (Swin, MaxViT block windows).
+"""Lift a window attention site onto the original token grid (Swin, MaxViT blocks and grids).
 
 Per-window attention reads tokens that view / permute / roll cut into windows; the lifted
 site reads them in place on the grid instead::
@@ -35,6 +35,7 @@ from einscade.frontends.fx.tokenwise import (
     output_segment,
     reemit,
     run_chain,
+    window_tokens,
 )
 from einscade.frontends.fx.windows import (
     WindowLayout,
@@ -43,7 +44,7 @@ from einscade.frontends.fx.windows import (
     split_terms,
     window_layout,
 )
-from einscade.frontends.local import window_attention
+from einscade.frontends.local import maxvit_attention, window_attention
 from einscade.ir.cascade import Cascade
 from einscade.ir.errors import EinscadeError
 
@@ -99,15 +100,12 @@ def plan_window_site(match: Match, constants: Constants) -> WindowSite:
         for buffer in constants.buffers(node)
     }
     scale = cascade_scale(match.scale, ops.static(q_shape[-1]))
-    shift = (layout.shift[0] % layout.window[0], layout.shift[1] % layout.window[1])
-    cascade = window_attention(
-        layout.grid, layout.window, shift, position_bias=bool(bias), scale=scale
-    )
+    cascade, summary = _cascade(layout, bool(bias), scale, match.scale)
     grid = " x ".join(map(str, layout.grid))
-    notes = (*match.notes, f"window partition lifted onto the {grid} token grid")
+    kind = "window" if layout.mode == "block" else "grid"
+    notes = (*match.notes, f"{kind} partition lifted onto the {grid} token grid")
     return WindowSite(
-        match=match, layout=layout, cascade=cascade,
-        summary=_summary(layout, shift, bool(bias), match.scale), operands=operands,
+        match=match, layout=layout, cascade=cascade, summary=summary, operands=operands,
         output=output, replaced=replaced, bias=bias, guards=tuple(guards.items()), notes=notes,
     )  # fmt: skip
 
@@ -126,17 +124,21 @@ def _operand(operand: Operand) -> tuple[Operands, WindowLayout]:
 
 def _placement(layout: WindowLayout) -> tuple:
     """The layout without the channels (K and V may have their own)."""
-    return layout.batch, layout.grid, layout.window, layout.shift
+    return layout.batch, layout.grid, layout.window, layout.shift, layout.mode
 
 
 def _reverse_chain(output: Segment, layout: WindowLayout) -> Node:
     """The last node of the layout chain after the output segment that holds the result in
     grid order (a reshape of ``[B, H * W, C]``): the node the lifted site replaces."""
-    dims = ops.shape(output.end)
-    if output.tokens != Tokens(0, 1) or dims is None or len(dims) != 3:
-        raise NoMatch(f"the attention result '{output.end.name}' is not [windows, N, C]")
+    dims, tokens = ops.shape(output.end), output.tokens
+    if (tokens.window, tokens.position) != (0, 1) or dims is None or len(dims) != 2 + tokens.span:
+        raise NoMatch(
+            f"the attention result '{output.end.name}' is not [windows, N, C] or "
+            "[windows, WH, WW, C]"
+        )
     channels = dims[-1]
     probe = layout.token_map()[..., None] * channels + torch.arange(channels)
+    probe = probe.reshape(dims)
     chain: list[Node] = []
     node, replaced = output.end, None
     while len(node.users) == 1 and is_layout(next(iter(node.users))):
@@ -157,15 +159,29 @@ def _reverse_chain(output: Segment, layout: WindowLayout) -> Node:
     return replaced
 
 
-def _summary(layout: WindowLayout, shift: tuple, bias: bool, scale: float | None) -> str:
-    options = [f"grid={layout.grid}", f"window={layout.window}"]
-    if any(shift):
-        options.append(f"shift={shift}")
+def _cascade(
+    layout: WindowLayout, bias: bool, scale: float | None, written: float | None
+) -> tuple[Cascade, str]:
+    """The cascade of the lifted site and its summary: ``window_attention`` for (shifted)
+    blocks, ``maxvit_attention(mode="grid")`` for a strided grid partition."""
+    if layout.mode == "grid":
+        cascade = maxvit_attention(
+            layout.grid, layout.window, "grid", position_bias=bias, scale=scale
+        )
+        options = [f"grid={layout.grid}", f"size={layout.window}", "mode=grid"]
+    else:
+        shift = (layout.shift[0] % layout.window[0], layout.shift[1] % layout.window[1])
+        cascade = window_attention(
+            layout.grid, layout.window, shift, position_bias=bias, scale=scale
+        )
+        options = [f"grid={layout.grid}", f"window={layout.window}"]
+        if any(shift):
+            options.append(f"shift={shift}")
     if bias:
         options.append("bias")
-    if scale is not None:
-        options.append(f"scale={scale:.6g}")
-    return f"window_attention({', '.join(options)})"
+    if written is not None:
+        options.append(f"scale={written:.6g}")
+    return cascade, f"{cascade.name}({', '.join(options)})"
 
 
 # -- the graph edit ---------------------------------------------------------------------------
@@ -198,8 +214,10 @@ def replace_window_site(gm: GraphModule, site: WindowSite, run: runtime.SiteKern
     tokens = layout.grid[0] * layout.grid[1]
 
     def resize(shape: tuple, where: Tokens) -> tuple:
+        """The window dim becomes the batch, the position dims the grid's tokens."""
         resized = list(shape)
-        resized[where.window], resized[where.position] = layout.batch, tokens
+        resized[where.window] = layout.batch
+        resized[where.position : where.position + where.span] = [tokens]
         return tuple(resized)
 
     before = set(graph.nodes)
@@ -213,7 +231,8 @@ def replace_window_site(gm: GraphModule, site: WindowSite, run: runtime.SiteKern
                 channels = ops.shape(read.segment.start)[-1]
                 shape = (layout.batch, tokens, channels)
                 grids[read.source] = graph.call_method("reshape", (read.source, shape))
-            end = reemit(graph, read.segment, grids[read.source], resize, env, Tokens(0, 1))
+            start = window_tokens(read.segment.start)
+            end = reemit(graph, read.segment, grids[read.source], resize, env, start)
             if read.operand.perm is not None:
                 end = graph.call_method("permute", (end, read.operand.perm))
             qkv.append(end)

@@ -108,14 +108,9 @@ def site(
     """Run the site ``key`` on Q ``[..., P, E]``, K ``[..., M, E]``, V ``[..., M, F]`` and an
     additive ``bias`` broadcasting to ``[..., P, M]``; returns ``[..., P, F]``."""
     entry = kernel(key)
-    _check_guards(entry, guards, key)
     lead = _lead_shape(q, k, v, bias, entry.kv_heads)
     inputs = _to_cascade_layout(q, k, v, bias, lead, entry.kv_heads)
-    dtype = entry.compute_dtype or q.dtype
-    # Run as ordinary (not inference) tensors: the torch target keeps scratch buffers across
-    # calls, and one made under torch.inference_mode() cannot be written outside it.
-    with torch.inference_mode(False), torch.no_grad():
-        out = entry.run(dtype, **inputs, **dict(entry.lookups))
+    out = _execute(entry, key, guards, q.dtype, {**inputs, **dict(entry.lookups)})
     out = out.reshape(*lead, q.shape[-2], v.shape[-1])
     if entry.zero_empty_rows and bias is not None:
         out = out.masked_fill((bias == -math.inf).all(-1, keepdim=True), 0.0)
@@ -165,6 +160,17 @@ def _to_cascade_layout(q, k, v, bias, lead: tuple, kv_heads: bool) -> dict[str, 
     return inputs
 
 
+def _execute(
+    entry: SiteKernel, key: str, guards: list[torch.Tensor], q_dtype: torch.dtype, inputs: dict
+) -> torch.Tensor:
+    """Check the buffer guards, then run the cascade on ``inputs`` (by cascade input name)."""
+    _check_guards(entry, guards, key)
+    # Run as ordinary (not inference) tensors: the torch target keeps scratch buffers across
+    # calls, and one made under torch.inference_mode() cannot be written outside it.
+    with torch.inference_mode(False), torch.no_grad():
+        return entry.run(entry.compute_dtype or q_dtype, **inputs)
+
+
 def _check_guards(entry: SiteKernel, guards: list[torch.Tensor], key: str) -> None:
     for (name, fingerprint), tensor in zip(entry.guards, guards, strict=True):
         if buffer_fingerprint(tensor) != fingerprint:
@@ -175,6 +181,8 @@ def _check_guards(entry: SiteKernel, guards: list[torch.Tensor], key: str) -> No
             )
 
 
+# The parameter list repeats ``site``'s: custom_op reads each op's schema from its own
+# annotations, and the shared body is :func:`_execute`.
 @torch.library.custom_op("einscade::window_site", mutates_args=())
 def window_site(
     q: torch.Tensor,
@@ -188,14 +196,10 @@ def window_site(
     ``[B, H, M, E]``, V ``[B, H, M, F]`` (P = M = the grid's tokens, row-major) and the
     relative-position bias ``[H or 1, N, N]`` of one window; returns ``[B, H, P, F]``."""
     entry = kernel(key)
-    _check_guards(entry, guards, key)
     inputs = {"Q": q, "K": k, "V": v}
     if position_bias is not None:
         inputs["RB"] = position_bias
-    dtype = entry.compute_dtype or q.dtype
-    with torch.inference_mode(False), torch.no_grad():
-        out = entry.run(dtype, **inputs)
-    return out.to(entry.out_dtype).contiguous()
+    return _execute(entry, key, guards, q.dtype, inputs).to(entry.out_dtype).contiguous()
 
 
 @window_site.register_fake

@@ -1,7 +1,8 @@
 """Token-wise stretches of a graph, and the pure layout chains that move tokens around them.
 
 A window attention reads its Q, K and V from *windowed tokens*: a tensor ``[windows, N, C]``
-that a chain of layout ops (view, permute, roll, ...) cut out of the token grid. Between
+(or ``[windows, WH, WW, C]``, as timm's MaxViT keeps them) that a chain of layout ops
+(view, permute, roll, ...) cut out of the token grid. Between
 those tokens and the attention the model applies ops that act on every token alone (the
 q/k/v ``Linear``, the view to heads, transposes); after it the same kind of ops (the output
 projection) lead to the chain that puts the tokens back.
@@ -16,6 +17,7 @@ along the way (:class:`Tokens`), and re-emits a stretch on other token dims
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,13 +53,22 @@ class NotWindowed(Exception):
 
 @dataclass(frozen=True)
 class Tokens:
-    """Positions of the token dims in a tensor: the window dim and the in-window dim."""
+    """Positions of the token dims in a tensor: the window dim and the in-window dims
+    (``span`` consecutive dims from ``position`` on, row-major: 2 for ``[.., WH, WW, ..]``)."""
 
     window: int
     position: int
+    span: int = 1
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return (self.window, *range(self.position, self.position + self.span))
 
     def permuted(self, perm: tuple[int, ...]) -> Tokens:
-        return Tokens(perm.index(self.window), perm.index(self.position))
+        start = perm.index(self.position)
+        if any(perm.index(self.position + i) != start + i for i in range(1, self.span)):
+            raise NoMatch(f"the permute {perm} reorders the window's position dims")
+        return Tokens(perm.index(self.window), start, self.span)
 
 
 @dataclass(frozen=True)
@@ -146,7 +157,7 @@ def operand_segment(operand: Node) -> tuple[Segment, tuple[Node, ...], Node]:
     if not _looks_partitioned(chain):
         raise NotWindowed
     start = node
-    tokens = _window_tokens(start)
+    tokens = window_tokens(start)
     nodes = tuple(reversed(walked))
     return (
         Segment(start, nodes, operand, track(start, nodes, tokens)),
@@ -160,11 +171,15 @@ def _label(node: object) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
-def _window_tokens(start: Node) -> Tokens:
+def window_tokens(start: Node) -> Tokens:
+    """The token dims of windowed tokens ``[windows, N, C]`` or ``[windows, WH, WW, C]``."""
     dims = ops.shape(start)
-    if dims is None or len(dims) != 3:
-        raise NoMatch(f"the windowed tokens '{start.name}' are not [windows, N, C] ({dims})")
-    return Tokens(0, 1)
+    if dims is None or len(dims) not in (3, 4):
+        raise NoMatch(
+            f"the windowed tokens '{start.name}' are not [windows, N, C] or "
+            f"[windows, WH, WW, C] ({dims})"
+        )
+    return Tokens(0, 1, len(dims) - 2)
 
 
 def _partition_behind(node: object, depth: int = 16) -> bool:
@@ -255,7 +270,7 @@ def _step(node: Node, previous: Node, tokens: Tokens) -> Tokens:
     if shape_in != shape_out and node.target is not torch._C._nn.linear:
         raise NoMatch(f"'{node.name}' broadcasts the tokens to {shape_out}")
     last = len(shape_in) - _feature_dims(node)
-    if max(tokens.window, tokens.position) >= last:
+    if max(tokens.dims) >= last:
         raise NoMatch(f"'{node.name}' mixes along a token dim")
     if kind in _BINARY:
         _check_weight(node, previous, shape_in, tokens)
@@ -267,19 +282,31 @@ def _split_step(node: Node, tokens: Tokens, shape: tuple | None) -> Tokens:
     if not isinstance(dim, int) or shape is None:
         raise NoMatch(f"'{node.name}' splits along a dynamic dim")
     dim %= len(shape)
-    if dim in (tokens.window, tokens.position):
+    if dim in tokens.dims:
         raise NoMatch(f"'{node.name}' splits the tokens")
     if _split_name(node) != "unbind":
         return tokens
-    return Tokens(*(d - (d > dim) for d in (tokens.window, tokens.position)))
+    return Tokens(*(d - (d > dim) for d in (tokens.window, tokens.position)), tokens.span)
 
 
 def _reshape_step(node: Node, tokens: Tokens, shape_in: tuple, shape_out: tuple) -> Tokens:
-    """A view keeping every dim up to the last token dim, regrouping only the dims after."""
-    kept = max(tokens.window, tokens.position) + 1
-    if len(shape_out) < kept or tuple(shape_out[:kept]) != tuple(shape_in[:kept]):
-        raise NoMatch(f"'{node.name}' regroups the tokens ({shape_in} -> {shape_out})")
-    return tokens
+    """A view keeping every dim up to the last token dim, regrouping only the dims after;
+    or (the window dim first) keeping the dims before the position, and regrouping the
+    position dims into consecutive dims of the same size (``N <-> WH, WW``): row-major
+    order keeps each token's position and features where the two prefixes align."""
+    kept = max(tokens.dims) + 1
+    if len(shape_out) >= kept and tuple(shape_out[:kept]) == tuple(shape_in[:kept]):
+        return tokens
+    start, end = tokens.position, tokens.position + tokens.span
+    if tokens.window < start and tuple(shape_out[:start]) == tuple(shape_in[:start]):
+        size = math.prod(shape_in[start:end])
+        for span in range(1, len(shape_out) - start + 1):
+            grouped = math.prod(shape_out[start : start + span])
+            if grouped == size:
+                return Tokens(tokens.window, start, span)
+            if grouped > size:
+                break
+    raise NoMatch(f"'{node.name}' regroups the tokens ({shape_in} -> {shape_out})")
 
 
 def _feature_dims(node: Node) -> int:
@@ -300,7 +327,7 @@ def _check_weight(node: Node, previous: Node, shape: tuple, tokens: Tokens) -> N
     if dims is None:
         raise NoMatch(f"'{node.name}' combines the tokens with a tensor of unknown shape")
     offset = len(shape) - len(dims)
-    for dim in (tokens.window, tokens.position):
+    for dim in tokens.dims:
         if dim - offset >= 0 and dims[dim - offset] != 1:
             raise NoMatch(f"'{node.name}' combines the tokens with a tensor that varies by token")
 

@@ -7,7 +7,12 @@ for some window and shift, element by element::
 
     token(b, wy, wx, ry, rx) = (b, (wy * WH + ry + SY) % H, (wx * WW + rx + SX) % W)
 
-(``roll(x, (-SY, -SX))`` then non-overlapping ``WH x WW`` windows). The additive terms of
+(``roll(x, (-SY, -SX))`` then non-overlapping ``WH x WW`` windows), or MaxViT's grid
+partition (timm's ``grid_partition``: ``WH x WW`` tokens spread ``H // WH`` apart)::
+
+    token(b, sy, sx, gy, gx) = (b, gy * (H // WH) + sy, gx * (W // WW) + sx)
+
+The additive terms of
 the scores are then split (:func:`split_terms`): terms known at compile time must be Swin's
 region mask, checked element by element against the windows offset by the shift on the
 original grid (:func:`check_constant_mask`); run-time terms must be the same for every
@@ -43,6 +48,7 @@ class WindowLayout:
     window: tuple[int, int]
     shift: tuple[int, int]  # the roll: window row 0 starts at grid row ``shift[0]``
     channels: int
+    mode: str = "block"  # "block": contiguous windows; "grid": strided (MaxViT grid)
 
     @property
     def tokens_per_window(self) -> int:
@@ -53,12 +59,23 @@ class WindowLayout:
         """Windows per image."""
         return (self.grid[0] // self.window[0]) * (self.grid[1] // self.window[1])
 
+    @property
+    def stride(self) -> tuple[int, int]:
+        """Grid rows / columns between two tokens of a window (1 for a block)."""
+        if self.mode == "block":
+            return (1, 1)
+        return (self.grid[0] // self.window[0], self.grid[1] // self.window[1])
+
     def token_map(self) -> torch.Tensor:
         """``[batch * windows, WH * WW]``: the flat grid token (``b * H * W + y * W + x``)
         at each window position, from the formula."""
         (h, w), (wh, ww), (sy, sx) = self.grid, self.window, self.shift
-        rows = (torch.arange(h // wh)[:, None] * wh + torch.arange(wh) + sy) % h  # [nWy, wh]
-        cols = (torch.arange(w // ww)[:, None] * ww + torch.arange(ww) + sx) % w  # [nWx, ww]
+        if self.mode == "grid":  # window (sy, sx), position (gy, gx)
+            rows = torch.arange(h // wh)[:, None] + torch.arange(wh) * (h // wh)  # [nWy, wh]
+            cols = torch.arange(w // ww)[:, None] + torch.arange(ww) * (w // ww)  # [nWx, ww]
+        else:
+            rows = (torch.arange(h // wh)[:, None] * wh + torch.arange(wh) + sy) % h
+            cols = (torch.arange(w // ww)[:, None] * ww + torch.arange(ww) + sx) % w
         flat = rows[:, None, :, None] * w + cols[None, :, None, :]  # [nWy, nWx, wh, ww]
         images = torch.arange(self.batch)[:, None, None, None, None] * (h * w)
         return (images + flat).reshape(-1, wh * ww)
@@ -72,6 +89,7 @@ def window_layout(chain: tuple[Node, ...], source: Node, windowed: Node) -> Wind
     numel = math.prod(grid_shape)
     index = torch.arange(1, numel + 1).reshape(ops.shape(source))
     probe = run_chain(chain, source, index) - 1
+    probe = probe.reshape(probe.shape[0], -1, probe.shape[-1])  # [windows, WH, WW, C]: flat
     windows, per_window = probe.shape[0], probe.shape[1]
     if probe.shape != (windows, per_window, channels) or windows * per_window * channels != numel:
         raise NoMatch(f"'{windowed.name}' is not a permutation of the grid tokens")
@@ -83,7 +101,7 @@ def window_layout(chain: tuple[Node, ...], source: Node, windowed: Node) -> Wind
     for layout in _candidates(batch, (height, width), per_window, shift, channels):
         if torch.equal(layout.token_map(), tokens):
             return layout
-    raise NoMatch(f"'{windowed.name}' is not a (rolled) window partition of the grid")
+    raise NoMatch(f"'{windowed.name}' is not a (rolled) window or grid partition of the token grid")
 
 
 def _check_no_padding(chain: tuple[Node, ...]) -> None:
@@ -120,6 +138,8 @@ def _candidates(
         if height % wh or per_window % wh or ww < 1 or width % ww:
             continue
         found.append(WindowLayout(batch, grid, (wh, ww), shift, channels))
+        if shift == (0, 0):
+            found.append(WindowLayout(batch, grid, (wh, ww), shift, channels, "grid"))
     return found
 
 
@@ -196,8 +216,12 @@ def position_bias_shape(
 
 def grid_windows(layout: WindowLayout) -> torch.Tensor:
     """``[H, W]``: the window each grid token of the lifted cascade attends within (Swin's
-    shifted windows on the original grid: offset by the shift, partial at both ends)."""
+    shifted windows on the original grid: offset by the shift, partial at both ends; a
+    MaxViT grid window: the tokens equal modulo the stride)."""
     (h, w), (wh, ww), (sy, sx) = layout.grid, layout.window, layout.shift
+    if layout.mode == "grid":
+        (ty, tx) = layout.stride
+        return (torch.arange(h) % ty)[:, None] * tx + (torch.arange(w) % tx)[None, :]
     rows = (torch.arange(h) + wh - sy % wh) // wh
     cols = (torch.arange(w) + ww - sx % ww) // ww
     return rows[:, None] * (w // ww + 1) + cols[None, :]

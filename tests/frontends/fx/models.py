@@ -197,3 +197,37 @@ class BlockAttention(torch.nn.Module):
         y = self.proj(y.transpose(1, 2).reshape(-1, n, c))
         y = y.view(b, hh // p, ww // p, p, p, c).transpose(2, 3).reshape(b, hh, ww, c)
         return x + y
+
+
+class GridAttention(torch.nn.Module):
+    """MaxViT's grid attention as timm writes it on NHWC tokens: ``grid_partition`` (a
+    ``size x size`` window of tokens spread ``H // size`` apart), one qkv Linear split by
+    reshape/permute/unbind, scores plus a relative-position bias gathered from a table
+    (indexed by the position inside the window), softmax, the output projection and
+    ``grid_reverse``. ``windows_2d`` keeps the windows ``[windows, size, size, C]`` around
+    the Linears, as timm's ``AttentionCl`` does."""
+
+    def __init__(self, size=4, dim=16, heads=2, windows_2d=False):
+        super().__init__()
+        self.size, self.heads, self.windows_2d = size, heads, windows_2d
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.table = torch.nn.Parameter(torch.randn((2 * size - 1) ** 2, heads))
+        self.register_buffer("index", _relative_index(size), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, hh, ww, c = x.shape
+        g, n = self.size, self.size**2
+        y = x.view(b, g, hh // g, g, ww // g, c).permute(0, 2, 4, 1, 3, 5)
+        y = y.contiguous().view(-1, g, g, c)
+        y = y if self.windows_2d else y.reshape(-1, n, c)
+        qkv = self.qkv(y).reshape(y.shape[0], n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn = q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5
+        bias = self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        attn = (attn + bias.unsqueeze(0)).softmax(dim=-1)
+        y = (attn @ v).transpose(1, 2)
+        y = y.reshape(-1, g, g, c) if self.windows_2d else y.reshape(-1, n, c)
+        y = self.proj(y).view(-1, g, g, c)
+        y = y.view(b, hh // g, ww // g, g, g, c).permute(0, 3, 1, 4, 2, 5)
+        return x + y.contiguous().view(b, hh, ww, c)

@@ -81,6 +81,26 @@ def test_debug_prints_one_line_per_site(monkeypatch, capfd):
     assert "skipped: the attention weights feed" in lines[1]
 
 
+def test_graph_break_inside_attention_keeps_the_output(monkeypatch, capfd):
+    """A graph break between the scores and the softmax: the second graph's softmax reads
+    a graph input, not a QK product, so it is skipped with the reason and runs as written."""
+
+    def broken(q, k, v):
+        scores = q @ k.transpose(-2, -1) * 0.3
+        torch._dynamo.graph_break()
+        return scores.softmax(-1) @ v
+
+    monkeypatch.setenv("EINSCADE_DEBUG", "1")
+    run = compile_run(broken, *qkv())
+    run.assert_close()
+    assert run.captured == [], run.records
+    (skipped,) = run.skipped
+    assert "not from Q @ K^T" in skipped.reason
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("einscade:")]
+    assert lines == [skipped.line()], lines
+    assert "'softmax' skipped: the scores come from" in lines[0]
+
+
 def test_dump_dir_holds_graphs_and_cascades(tmp_path):
     compile_run(_attention, *qkv(), options={"dump_dir": str(tmp_path)})
     names = sorted(p.name.split("_", 1)[1] for p in tmp_path.iterdir())

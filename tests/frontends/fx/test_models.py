@@ -98,6 +98,15 @@ TIMM = {
          "num_heads": (2,)},
         SWIN_GRID,  # lifted; timm adds the shifted mask (a float buffer) in a 5-D view
     ),
+    "maxvit": (
+        "maxvit_pico_rw_256",  # two stages (8 x 8, 4 x 4 tokens), each a block then a grid
+        {"img_size": 32, "embed_dim": (16, 32), "depths": (1, 1), "block_type": ("M", "M"),
+         "stem_width": 16, "transformer_dim_head": 8, "transformer_partition_ratio": 16},
+        [f"{family}(grid={(n, n)}, {size}=(2, 2){mode}, bias)"
+         for n in (8, 4)
+         for family, size, mode in [("window_attention", "window", ""),
+                                    ("maxvit_attention", "size", ", mode=grid")]],
+    ),
 }  # fmt: skip
 
 
@@ -108,3 +117,5 @@ def test_timm_model_is_captured_and_matches_eager(name):
     records = _check(models.timm_model(arch, **config), expected)
     if expected is SWIN_GRID:
         assert all("lifted onto the 8 x 8 token grid" in r.reason for r in records)
+    if name == "maxvit":  # timm keeps the windows as [windows, WH, WW, C]
+        assert all("partition lifted onto the" in r.reason for r in records)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from einscade.codegen.reference import reference
 from tests.frontends.fx import models
 from tests.frontends.fx.harness import compile_run
 
@@ -89,3 +90,81 @@ def test_region_mask_buffer_is_guarded():
         module.labels.add_(0)  # a write bumps the version counter
         with pytest.raises(Exception, match="buffer .*labels.* changed after compilation"):
             compiled(x)
+
+
+# -- MaxViT grid attention ---------------------------------------------------------------------
+
+
+def _grid_partition(x: torch.Tensor, size: int) -> torch.Tensor:
+    """timm's ``grid_partition`` on ``[B, H, W, C]``: ``[B * windows, size, size, C]``."""
+    b, h, w, c = x.shape
+    x = x.view(b, size, h // size, size, w // size, c).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, size, size, c)
+
+
+def _grid_reverse(windows: torch.Tensor, size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """timm's ``grid_reverse``."""
+    (h, w), c = grid, windows.shape[-1]
+    x = windows.view(-1, h // size, w // size, size, size, c).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def _per_grid_window(q, k, v, rb, size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The oracle: attention inside each timm grid window with ``rb`` added, in float64, on
+    ``[B, heads, H*W, d]`` tokens."""
+    b, heads = q.shape[:2]
+
+    def windows(x: torch.Tensor) -> torch.Tensor:  # [B * windows, heads, N, d]
+        x = x.permute(0, 2, 1, 3).reshape(b, *grid, heads * x.shape[-1])
+        parts = _grid_partition(x, size)
+        return parts.reshape(parts.shape[0], size * size, heads, -1).transpose(1, 2)
+
+    qw, kw, vw = (windows(t).double() for t in (q, k, v))
+    out = ((qw @ kw.transpose(-2, -1)) * q.shape[-1] ** -0.5 + rb.double()).softmax(-1) @ vw
+    out = out.transpose(1, 2).reshape(-1, size, size, heads * v.shape[-1])
+    out = _grid_reverse(out, size, grid).reshape(b, grid[0] * grid[1], heads, -1)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    ("grid", "size", "windows_2d", "target"),
+    [((8, 8), 4, False, "torch"), ((8, 8), 4, False, "reference"), ((8, 4), 2, False, "torch"),
+     ((8, 4), 2, True, "torch")],
+)  # fmt: skip
+def test_maxvit_grid_attention_is_lifted_onto_the_grid(grid, size, windows_2d, target):
+    torch.manual_seed(0)
+    module = models.GridAttention(size=size, windows_2d=windows_2d)
+    run = _compiled_and_checked(target, module, torch.randn(2, *grid, 16))
+    options = f"grid={grid}, size={(size, size)}, mode=grid, bias, scale=0.353553"
+    expected = f"maxvit_attention({options})"
+    assert [r.summary for r in run.captured] == [expected], run.records
+    assert f"grid partition lifted onto the {grid[0]} x {grid[1]} token grid" in (
+        run.captured[0].reason
+    )
+
+
+def test_lifted_grid_cascade_is_per_window_attention():
+    """The lifted cascade on random grid tokens against attention inside timm's grid
+    windows (the partition written out, the bias indexed by the position in the window)."""
+    torch.manual_seed(0)
+    grid, size = (8, 4), 2
+    module, x = models.GridAttention(size=size), torch.randn(2, *grid, 16)
+    run = _compiled_and_checked("reference", module, x)
+    cascade = run.captured[0].cascade
+    assert [d.name for d in cascade.inputs] == ["Q", "K", "V", "RB"]
+    q, k, v = (torch.randn(2, 2, grid[0] * grid[1], 8) for _ in range(3))
+    rb = torch.randn(2, size * size, size * size)
+    got = reference(cascade, Q=q, K=k, V=v, RB=rb, dtype=torch.float64)
+    torch.testing.assert_close(got, _per_grid_window(q, k, v, rb, size, grid))
+
+
+def test_lifted_grid_graph_has_no_partition(tmp_path):
+    torch.manual_seed(0)
+    module, x = models.GridAttention().eval(), torch.randn(2, 8, 8, 16)
+    run = compile_run(module, x, options={"dump_dir": str(tmp_path)})
+    run.assert_close()
+    (after_file,) = tmp_path.glob("graph*_after.py")
+    after = after_file.read_text()
+    assert "einscade.window_site" in after
+    for gone in ("softmax", "permute(0, 2, 4, 1, 3, 5)", "permute(0, 3, 1, 4, 2, 5)"):
+        assert gone not in after, gone
