@@ -1,9 +1,15 @@
-"""The hot path: run a plan's tile groups with batched matmuls.
+"""The hot path: run a plan's tile groups, chunk by chunk.
 
-For a chunk of a group's tiles (the chunk bounds the score buffer):
+For a chunk of a group's tiles (the chunk bounds the working set), one of two kernels
+(:class:`Kernel`, chosen per program):
+
+- *fused* (the score map is only a scale): torch's CPU flash attention on the tiles,
+  ``sdpa(Q_tiles, K_tiles, V_tiles, mask, scale)`` (:mod:`.fused`); the scores never
+  reach memory.
+- *three steps* (soft-capping, a bias tensor, ALiBi, ...)::
 
     S = baddbmm(bias, Q_tiles, K_tiles^T, alpha=scale)   # the mask rides on the GEMM's C
-    S = softmax(S)                                       # in place, per query tile
+    S = score map(S); softmax(S)                         # in place, per query tile
     O = bmm(S, V_tiles)                                  # into the output, or scattered
 
 Three ways to get the tiles, cheapest first (chosen per group):
@@ -19,8 +25,7 @@ Three ways to get the tiles, cheapest first (chosen per group):
 
 The query heads sharing a key head (GQA) are stacked along the rows of one matmul, so K
 and V are never repeated. Buffers come from :mod:`.workspace`; few large operations keep
-the cost of each parallel region's start and join small. Score maps other than a scale
-(soft-capping, a bias tensor, ALiBi) are evaluated on the chunk between the two matmuls.
+the cost of each parallel region's start and join small.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from functools import partial
 import torch
 
 from einscade.codegen.torch_lowering import workspace
+from einscade.codegen.torch_lowering.fused import attend_fused
 from einscade.codegen.torch_lowering.plan import Plan, TileGroup
 from einscade.codegen.torch_lowering.workers import run as workers_run
 
@@ -60,6 +66,25 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Kernel:
+    """How a chunk computes ``softmax(map(scale * Q K^T) + mask) V``: ``fused`` (torch's
+    CPU flash attention, for a score map that is only the scale: ``score_map`` None) or
+    in three steps (matmul; score map, mask and softmax on the scores; matmul)."""
+
+    scale: float
+    score_map: ScoreMap | None = None
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fused and self.score_map is not None:
+            raise ValueError("torch lowering: the fused kernel applies no score map")
+
+    def bias(self, group: TileGroup, dtype: torch.dtype, heads: int) -> torch.Tensor | None:
+        """The group's mask as this kernel takes it (see :meth:`TileGroup.row_bias`)."""
+        return group.row_bias(dtype, heads) if self.fused else group.bias(dtype)
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Canonical operands: ``q [BK, G, P, E]``, ``k [BK, M, E]``, ``v [BK, M, F]``
     (query head ``kv * G + g`` reads key head ``kv``), contiguous; ``out [BK, G, P, F]``."""
@@ -77,8 +102,7 @@ class Problem:
 def run_plan(
     plan: Plan,
     problem: Problem,
-    scale: float,
-    score_map: ScoreMap | None = None,
+    kernel: Kernel,
     budget: int = DEFAULT_BUDGET,
     workers: int = 1,
 ) -> None:
@@ -88,22 +112,22 @@ def run_plan(
     > 1 they run on that many threads (a flat-window group first: the others overwrite its
     junk tiles)."""
     flat = None
-    if problem.heads == 1 and score_map is None and problem.k.shape[0] > 1:
+    if problem.heads == 1 and kernel.score_map is None and problem.k.shape[0] > 1:
         flat = plan.flat_group
     if workers > 1:  # enough chunks to keep every worker busy (and to balance them)
         total = plan.computed_elements * problem.k.shape[0] * problem.heads
         budget = min(budget, max(total // (4 * workers), _MIN_CHUNK))
     phases: list[list[Callable[[], None]]] = []
     if flat is not None:
-        phases.append(_flat_window(problem, flat, scale, budget))
+        phases.append(_flat_window(problem, flat, kernel, budget))
     rest: list[Callable[[], None]] = []
     for group in plan.groups:
         if group is flat:
             continue
         if group.window is not None and not _gather_instead(group, problem):
-            rest.extend(_per_head(problem, group, scale, score_map, budget))
+            rest.extend(_per_head(problem, group, kernel, budget))
         else:
-            rest.extend(_all_heads(problem, group, scale, score_map, budget))
+            rest.extend(_all_heads(problem, group, kernel, budget))
     phases.append(rest)
     for tasks in phases:
         workers_run(tasks, workers)
@@ -135,13 +159,19 @@ def _fusable(group: TileGroup, bias, heads: int, score_map) -> bool:  # type: ig
     )  # fmt: skip
 
 
-def _attend(queries, keys, values, out, bias, scale, score_map, chunk: Chunk, heads: int) -> None:  # type: ignore[no-untyped-def]
+def _attend(queries, keys, values, out, bias, kernel: Kernel, chunk: Chunk, heads: int) -> None:  # type: ignore[no-untyped-def]
     """``out = softmax(score map(scale * Q K^T) + bias) @ V`` for a batch of tiles; the
     bias covers the group's masked columns and broadcasts over heads (and tiles when it
-    is shared)."""
+    is shared). The fused kernel takes its bias whole (:meth:`Kernel.bias`)."""
     group = chunk.group
+    if kernel.fused:
+        if bias is not None and bias.shape[0] > 1:
+            bias = bias[chunk.t0 : chunk.t1]
+        attend_fused(queries, keys, values, out, bias, kernel.scale)
+        return
+    score_map = kernel.score_map
     fused = _fusable(group, bias, heads, score_map)
-    scores = _scores(queries, keys, bias, scale, fused)
+    scores = _scores(queries, keys, bias, kernel.scale, fused)
     if score_map is not None:
         scores = score_map(scores, chunk)
     if bias is not None and not fused:
@@ -153,23 +183,23 @@ def _attend(queries, keys, values, out, bias, scale, score_map, chunk: Chunk, he
     torch.bmm(scores, values, out=out)
 
 
-def _all_heads(problem: Problem, group: TileGroup, scale, score_map, budget: int):  # type: ignore[no-untyped-def]
-    """Tasks over chunks of tiles, every key head at once: gather, matmuls, scatter."""
+def _all_heads(problem: Problem, group: TileGroup, kernel: Kernel, budget: int):  # type: ignore[no-untyped-def]
+    """Tasks over chunks of tiles, every key head at once: gather, attend, scatter."""
     kv_heads, heads = problem.k.shape[0], problem.heads
     rows = heads * group.query_size
     step = max(1, budget // (rows * group.key_count * kv_heads))
+    bias = kernel.bias(group, problem.q.dtype, heads)
     tasks = []
     for t0 in range(0, group.num_tiles, step):
         t1 = min(t0 + step, group.num_tiles)
         indices = group.flat_indices(kv_heads, heads, problem.q.shape[2], problem.k.shape[1],
                                      t0, t1)  # fmt: skip
         chunk = Chunk(group, 0, kv_heads, t0, t1)
-        bias = group.bias(problem.q.dtype)
-        tasks.append(partial(_gathered, problem, chunk, indices, bias, scale, score_map))
+        tasks.append(partial(_gathered, problem, chunk, indices, bias, kernel))
     return tasks
 
 
-def _gathered(problem: Problem, chunk: Chunk, indices, bias, scale, score_map) -> None:  # type: ignore[no-untyped-def]
+def _gathered(problem: Problem, chunk: Chunk, indices, bias, kernel: Kernel) -> None:  # type: ignore[no-untyped-def]
     q, k, v, out = problem.q, problem.k, problem.v, problem.out
     group, query_rows, key_rows = chunk.group, indices[0], indices[1]
     count = k.shape[0] * (chunk.t1 - chunk.t0)
@@ -178,7 +208,7 @@ def _gathered(problem: Problem, chunk: Chunk, indices, bias, scale, score_map) -
     keys = _gather(k, key_rows, (count, group.key_count), "keys")
     values = _gather(v, key_rows, (count, group.key_count), "values")
     result = workspace.buffer("result", (count, rows, v.shape[-1]), q.dtype)
-    _attend(queries, keys, values, result, bias, scale, score_map, chunk, problem.heads)
+    _attend(queries, keys, values, result, bias, kernel, chunk, problem.heads)
     out.view(-1, out.shape[-1]).index_copy_(0, query_rows, result.view(-1, out.shape[-1]))
 
 
@@ -189,7 +219,7 @@ def _gather(source: torch.Tensor, rows: torch.Tensor, shape: tuple[int, int], na
     return target
 
 
-def _flat_window(problem: Problem, group: TileGroup, scale: float, budget: int):  # type: ignore[no-untyped-def]
+def _flat_window(problem: Problem, group: TileGroup, kernel: Kernel, budget: int):  # type: ignore[no-untyped-def]
     """Tasks over every key head at once through views of the flat tensors (module doc)."""
     size, length = group.query_size, group.key_count
     start, step = group.window  # type: ignore[misc]
@@ -197,15 +227,15 @@ def _flat_window(problem: Problem, group: TileGroup, scale: float, budget: int):
     first = group.query_start // size  # type: ignore[operator]
     base = start - first * step  # key token of flat tile 0
     last = (problem.k.shape[0] - 1) * per_head + first + group.num_tiles  # past the last tile
-    bias = group.bias(problem.q.dtype)
+    bias = kernel.bias(group, problem.q.dtype, 1)
     tiles = max(1, budget // (size * length))
     return [
-        partial(_flat_chunk, problem, group, n0, min(n0 + tiles, last), base, bias, scale)
+        partial(_flat_chunk, problem, group, n0, min(n0 + tiles, last), base, bias, kernel)
         for n0 in range(first, last, tiles)
     ]
 
 
-def _flat_chunk(problem: Problem, group: TileGroup, n0, n1, base, bias, scale) -> None:  # type: ignore[no-untyped-def]
+def _flat_chunk(problem: Problem, group: TileGroup, n0, n1, base, bias, kernel) -> None:  # type: ignore[no-untyped-def]
     q, k, v, out = problem.q, problem.k, problem.v, problem.out
     size, length, step = group.query_size, group.key_count, group.window[1]  # type: ignore[index]
     queries = q.view(-1, q.shape[-1])[n0 * size : n1 * size].view(n1 - n0, size, -1)
@@ -213,7 +243,7 @@ def _flat_chunk(problem: Problem, group: TileGroup, n0, n1, base, bias, scale) -
     values = _flat_view(v, base + n0 * step, step, n1 - n0, length)
     target = out.view(-1, out.shape[-1])[n0 * size : n1 * size].view(n1 - n0, size, -1)
     chunk = Chunk(group, 0, 1, 0, n1 - n0)  # the bias is one tile's: shared by all
-    _attend(queries, keys, values, target, bias, scale, None, chunk, 1)
+    _attend(queries, keys, values, target, bias, kernel, chunk, 1)
 
 
 def _flat_view(k: torch.Tensor, row: int, step: int, tiles: int, length: int) -> torch.Tensor:
@@ -223,21 +253,21 @@ def _flat_view(k: torch.Tensor, row: int, step: int, tiles: int, length: int) ->
     return k.as_strided((tiles, length, width), (step * width, width, 1), offset)
 
 
-def _per_head(problem: Problem, group: TileGroup, scale, score_map, budget: int):  # type: ignore[no-untyped-def]
+def _per_head(problem: Problem, group: TileGroup, kernel: Kernel, budget: int):  # type: ignore[no-untyped-def]
     """Tasks over (key head, chunk of tiles): K and V tiles are strided views (no copy)."""
     rows = problem.heads * group.query_size
     step = max(1, budget // (rows * group.key_count))
+    bias = kernel.bias(group, problem.q.dtype, problem.heads)
     tasks = []
     for kv in range(problem.k.shape[0]):
         for t0 in range(0, group.num_tiles, step):
             t1 = min(t0 + step, group.num_tiles)
             chunk = Chunk(group, kv, kv + 1, t0, t1)
-            bias = group.bias(problem.q.dtype)
-            tasks.append(partial(_windowed, problem, chunk, bias, scale, score_map))
+            tasks.append(partial(_windowed, problem, chunk, bias, kernel))
     return tasks
 
 
-def _windowed(problem: Problem, chunk: Chunk, bias, scale, score_map) -> None:  # type: ignore[no-untyped-def]
+def _windowed(problem: Problem, chunk: Chunk, bias, kernel: Kernel) -> None:  # type: ignore[no-untyped-def]
     group, kv, t0, t1 = chunk.group, chunk.kv0, chunk.t0, chunk.t1
     heads, size = problem.heads, group.query_size
     out = problem.out[kv]
@@ -247,10 +277,10 @@ def _windowed(problem: Problem, chunk: Chunk, bias, scale, score_map) -> None:  
     if heads == 1 and group.query_start is not None:
         first = group.query_start + t0 * size
         target = out[0, first : first + (t1 - t0) * size].view(t1 - t0, size, -1)
-        _attend(queries, keys, values, target, bias, scale, score_map, chunk, heads)
+        _attend(queries, keys, values, target, bias, kernel, chunk, heads)
         return
     result = workspace.buffer("result", (t1 - t0, heads * size, out.shape[-1]), out.dtype)
-    _attend(queries, keys, values, result, bias, scale, score_map, chunk, heads)
+    _attend(queries, keys, values, result, bias, kernel, chunk, heads)
     _scatter_heads(out, group, t0, t1, result)
 
 

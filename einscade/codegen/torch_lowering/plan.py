@@ -161,9 +161,25 @@ class TileGroup:
         if self.allowed is None:
             return None
         if dtype not in self._cache:
-            bias = torch.zeros(self.allowed.shape, dtype=dtype)
-            self._cache[dtype] = bias.masked_fill_(~self.allowed, float("-inf"))
+            with torch.inference_mode(False):  # a normal tensor serves calls in both modes
+                bias = torch.zeros(self.allowed.shape, dtype=dtype)
+                self._cache[dtype] = bias.masked_fill_(~self.allowed, float("-inf"))
         return self._cache[dtype]  # type: ignore[return-value]
+
+    def row_bias(self, dtype: torch.dtype, heads: int) -> torch.Tensor | None:
+        """The bias over all ``Lk`` key columns (0 on the full prefix) with its rows
+        repeated for ``heads`` stacked query heads: ``[T or 1, heads * Tq, Lk]``, the
+        attention mask of the fused kernel (cached per dtype and heads)."""
+        bias = self.bias(dtype)
+        if bias is None:
+            return None
+        key = ("rows", dtype, heads)
+        if key not in self._cache:
+            with torch.inference_mode(False):
+                prefix = bias.new_zeros(bias.shape[0], bias.shape[1], self.mask_from)
+                full = torch.cat([prefix, bias], dim=-1) if self.mask_from else bias
+                self._cache[key] = full.repeat(1, heads, 1) if heads > 1 else full
+        return self._cache[key]  # type: ignore[return-value]
 
     def flat_indices(
         self, kv_heads: int, heads: int, tokens: int, keys: int, t0: int, t1: int
@@ -172,13 +188,17 @@ class TileGroup:
         rows of ``k [BK * M, E]`` in (key head, tile, key) order, for tiles ``[t0, t1)``."""
         key = ("index", kv_heads, heads, tokens, keys, t0, t1)
         if key not in self._cache:
-            queries, key_tokens = self.queries[t0:t1], self.keys[t0:t1]
-            base = torch.arange(kv_heads * heads).view(kv_heads, 1, heads, 1) * tokens
-            query_rows = (base + queries[None, :, None, :]).reshape(-1)
-            key_base = torch.arange(kv_heads).view(kv_heads, 1, 1) * keys
-            key_rows = (key_base + key_tokens[None]).reshape(-1)
-            self._cache[key] = (query_rows, key_rows)
+            self._cache[key] = self._flat_indices(kv_heads, heads, tokens, keys, t0, t1)
         return self._cache[key]  # type: ignore[return-value]
+
+    @torch.inference_mode(False)
+    def _flat_indices(self, kv_heads, heads, tokens, keys, t0, t1):  # type: ignore[no-untyped-def]
+        queries, key_tokens = self.queries[t0:t1], self.keys[t0:t1]
+        base = torch.arange(kv_heads * heads).view(kv_heads, 1, heads, 1) * tokens
+        query_rows = (base + queries[None, :, None, :]).reshape(-1)
+        key_base = torch.arange(kv_heads).view(kv_heads, 1, 1) * keys
+        key_rows = (key_base + key_tokens[None]).reshape(-1)
+        return query_rows, key_rows
 
 
 @dataclass

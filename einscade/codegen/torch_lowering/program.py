@@ -23,9 +23,14 @@ import torch
 from einscade.codegen.bind import Binding, bind, eval_scalar
 from einscade.codegen.reference import reference
 from einscade.codegen.torch_lowering.canonical import Canonical, batch_coordinates, canonicalise
-from einscade.codegen.torch_lowering.execute import DEFAULT_BUDGET, run_plan
+from einscade.codegen.torch_lowering.execute import DEFAULT_BUDGET, Kernel, run_plan
 from einscade.codegen.torch_lowering.plan import Plan, build_plan, pick_layout
-from einscade.codegen.torch_lowering.recognize import SoftmaxForm, Unsupported, recognize
+from einscade.codegen.torch_lowering.recognize import (
+    SoftmaxForm,
+    Unsupported,
+    fused_kernel,
+    recognize,
+)
 from einscade.codegen.torch_lowering.scores import ScoreMapEvaluator
 from einscade.ir.cascade import Cascade
 from einscade.ir.expr import names
@@ -53,6 +58,7 @@ class CallStats:
     plans_built: int = 0
     plan_seconds: float = 0.0
     dense_fallback: bool = False
+    kernel: str = ""
 
 
 class TorchProgram:
@@ -60,8 +66,14 @@ class TorchProgram:
 
     ``options``: ``layout`` ("cost": the cost model's choice, the default; "rule"),
     ``query_tile``, ``key_mode``, ``key_tile``, ``pad`` (overrides, see :func:`pick_layout`),
-    ``budget`` (score elements per chunk, default 2**19) and ``workers`` (threads running
-    chunks, default ``torch.get_num_threads()``). ``stats`` describes the last call.
+    ``budget`` (score elements per chunk, default 2**19), ``workers`` (threads running
+    chunks, default ``torch.get_num_threads()``) and ``kernel`` ("auto" or "matmul": the
+    three-step kernel; "fused": torch's CPU flash attention per chunk where the score map
+    is a scale, see :func:`fused_kernel`, else the three-step kernel). On tiles of 64
+    queries the flash kernel measured no faster than the three-step one (torch 2.13,
+    AVX-512), hence "auto". ``kernel_reason`` says which kernel runs and why; ``stats``
+    describes the last call. Calls run without autograd: inputs that require grad are
+    refused (the lowering is an inference path).
     """
 
     def __init__(self, cascade: Cascade, **options: object):
@@ -69,6 +81,9 @@ class TorchProgram:
         self.layout_options = {k: options.pop(k) for k in list(options) if k in _LAYOUT_KEYS}
         self.budget = int(options.pop("budget", DEFAULT_BUDGET))  # type: ignore[call-overload]
         self.workers = int(options.pop("workers", 0)) or torch.get_num_threads()  # type: ignore[call-overload]
+        kernel = options.pop("kernel", "auto")
+        if kernel not in KERNELS:
+            raise ValueError(f"torch target: kernel must be one of {KERNELS}, got {kernel!r}")
         if options:
             raise TypeError(f"torch target: unknown option {sorted(options)[0]!r}")
         self.plans: dict[tuple, Plan] = {}  # type: ignore[type-arg]
@@ -81,6 +96,10 @@ class TorchProgram:
             self.reason = ""
         except Unsupported as why:
             self.form, self.mask, self.reason = None, None, str(why)
+        self.fused, self.kernel_reason = _kernel(self.form, kernel)  # type: ignore[arg-type]
+        self._predicate_names = set()
+        if self.mask is not None and self.mask.predicate is not None:
+            self._predicate_names = names(self.mask.predicate)
 
     @property
     def block_sparse(self) -> bool:
@@ -100,6 +119,7 @@ class TorchProgram:
                 raise TypeError(f"@{self.cascade.name} has no input tensor {name!r}")
         if self.form is None:
             return self._dense(arguments, tensors)
+        _refuse_grad(self.cascade.name, tensors)
         scalars = {k: v for k, v in arguments.items() if not isinstance(v, torch.Tensor)}
         binding = bind(self.cascade, tensors, scalars)
         canonical = canonicalise(self.form, self.cascade, binding, tensors)
@@ -124,17 +144,21 @@ class TorchProgram:
 
     def _run(self, binding: Binding, canonical: Canonical, tensors) -> torch.Tensor:  # type: ignore[no-untyped-def]
         assert self.form is not None and self.mask is not None
-        self.stats = CallStats()
+        self.stats = CallStats(kernel="fused" if self.fused else "matmul")
         scale = self._scale(binding)
         lookups = {d.name: tensors[d.name] for d in self.mask.lookups}
         out = torch.empty(canonical.out_shape, dtype=canonical.q.dtype)
         for at, heads in self._assignments(binding, lookups):
             plan = self.plan(binding, lookups, at)
             problem = canonical.problem(heads, out)
-            score_map = None
-            if self.form.linear_scale is None:
-                score_map = ScoreMapEvaluator(self.form, self.cascade, binding, tensors, heads)
-            run_plan(plan, problem.problem, scale, score_map, self.budget, self.workers)
+            kernel = Kernel(scale, None, True)
+            if not self.fused:
+                score_map = None
+                if self.form.linear_scale is None:
+                    score_map = ScoreMapEvaluator(self.form, self.cascade, binding, tensors,
+                                                  heads)  # fmt: skip
+                kernel = Kernel(scale, score_map)
+            run_plan(plan, problem.problem, kernel, self.budget, self.workers)
             problem.finish(out)
             self._count(plan, len(heads))
         return out
@@ -167,7 +191,7 @@ class TorchProgram:
     def plan(self, binding: Binding, lookups: dict[str, torch.Tensor], at: dict[str, int]) -> Plan:
         """The cached plan for these sizes, mask parameters, lookups and batch values."""
         assert self.mask is not None
-        used = set() if self.mask.predicate is None else names(self.mask.predicate)
+        used = self._predicate_names
         key = (
             tuple(sorted(binding.sizes.items())),
             tuple(sorted((k, v) for k, v in binding.params.items() if k in used)),
@@ -176,10 +200,11 @@ class TorchProgram:
         )
         if key not in self.plans:
             began = time.perf_counter()
-            layout, choice = pick_layout(self.mask, binding.sizes, binding.params, lookups, at,
-                                         **self.layout_options)  # fmt: skip
-            bound = self.mask.bind(binding.sizes, binding.params, lookups, at)
-            self.plans[key] = build_plan(layout, choice, bound)
+            with torch.inference_mode(False):  # plain tensors: reusable in either mode
+                layout, choice = pick_layout(self.mask, binding.sizes, binding.params, lookups,
+                                             at, **self.layout_options)  # fmt: skip
+                bound = self.mask.bind(binding.sizes, binding.params, lookups, at)
+                self.plans[key] = build_plan(layout, choice, bound)
             self.stats.plans_built += 1
             self.stats.plan_seconds += time.perf_counter() - began
         return self.plans[key]
@@ -194,6 +219,26 @@ class TorchProgram:
 
 
 _LAYOUT_KEYS = ("query_tile", "key_mode", "key_tile", "pad", "layout")
+KERNELS = ("auto", "fused", "matmul")
+
+
+def _kernel(form: SoftmaxForm | None, asked: str) -> tuple[bool, str]:
+    """(whether chunks run the fused kernel, why)."""
+    if form is None:
+        return False, "dense fallback"
+    if asked != "fused":
+        return False, f"kernel={asked!r}: matmul, score map and softmax per chunk"
+    return fused_kernel(form)
+
+
+def _refuse_grad(cascade: str, tensors: dict[str, torch.Tensor]) -> None:
+    """The block-sparse path writes into buffers (``out=``), which autograd cannot track."""
+    if not torch.is_grad_enabled():
+        return
+    for name, tensor in tensors.items():
+        if tensor.requires_grad:
+            raise TypeError(f"@{cascade}: input {name!r} requires grad, but the torch target "
+                            "has no backward; call it under torch.no_grad()")  # fmt: skip
 
 
 def _digest(tensor: torch.Tensor) -> str:

@@ -10,6 +10,7 @@ A worker makes its operations single-threaded with ``torch.set_num_threads(1)``,
 sets the calling thread's OpenMP and MKL thread counts (both are per thread once a thread
 has run parallel work) and a process-wide default for threads that have not; the pool
 restores that default once its workers are set up, so other threads keep their setting.
+Tasks run under the calling thread's autograd modes (inference mode, grad enabled).
 """
 
 from __future__ import annotations
@@ -35,8 +36,17 @@ def run(tasks: list[Task], workers: int) -> None:
             task()
         return
     executor = _pool(workers)
-    for future in [executor.submit(task) for task in tasks]:
+    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+    for future in [executor.submit(_in_modes, task, *modes) for task in tasks]:
         future.result()
+
+
+def _in_modes(task: Task, inference: bool, grad: bool) -> None:
+    """Run ``task`` under the caller's autograd modes, which are per thread: a call under
+    ``torch.inference_mode()`` allocates inference tensors (the output) that only code in
+    inference mode may write."""
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        task()
 
 
 def _pool(count: int) -> ThreadPoolExecutor:

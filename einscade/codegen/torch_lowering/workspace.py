@@ -5,6 +5,11 @@ come straight from the kernel (page faults on first touch) and arrive cold in th
 The executor writes scores, gathered tiles and results into these buffers with ``out=``
 and runs the softmax in place. Each thread has its own buffers, so concurrent calls never
 share one; :func:`release` frees the calling thread's.
+
+Buffers are allocated outside inference mode even when a call runs inside it: a tensor
+created under ``torch.inference_mode()`` is an inference tensor, and a later call outside
+inference mode (plain, or under ``torch.no_grad()``) could not write into it. A normal
+tensor may be written in both modes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tenso
     size = math.prod(shape)
     current = store.get((name, dtype))
     if current is None or current.numel() < size:
-        current = torch.empty(size, dtype=dtype)
+        with torch.inference_mode(False):
+            current = torch.empty(size, dtype=dtype)
         store[(name, dtype)] = current
     return current[:size].view(shape)
 

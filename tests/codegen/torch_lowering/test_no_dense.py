@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -42,11 +43,13 @@ def _largest(program: TorchProgram, **tensors: torch.Tensor) -> tuple[int, str]:
     return mode.largest, mode.operation
 
 
-def test_neighborhood_64x64_never_allocates_n_by_n() -> None:
+@pytest.mark.parametrize("kernel", ["auto", "fused"])
+def test_neighborhood_64x64_never_allocates_n_by_n(kernel: str) -> None:
     grid, n = (64, 64), 64 * 64
     cascade = neighborhood_attention(grid=grid, kernel=(7, 7))
     q, k, v = (torch.randn(1, 1, n, 32) for _ in range(3))
-    program = TorchProgram(cascade, workers=1)  # dispatch modes see the calling thread only
+    # dispatch modes see the calling thread only: one worker
+    program = TorchProgram(cascade, workers=1, kernel=kernel)
     largest, operation = _largest(program, Q=q, K=k, V=v)
     assert largest < n * n // 16, f"{operation} produced {largest} elements (N x N = {n * n})"
     (plan,) = program.plans.values()
