@@ -11,7 +11,8 @@ Targets:
   the reference executor with a one-time warning. Options: ``query_tile``, ``key_mode``,
   ``key_tile``, ``pad``, ``budget``.
 - ``"triton"``: the generated Triton kernel (:func:`einscade.codegen.triton.compile.build_kernel`),
-  built on first call for the inputs' dtype and cached per dtype. CUDA tensors launch
+  built on first call for the inputs' dtype, head sizes and GPU arch, and cached per
+  combination (the tile configuration depends on them). CUDA tensors launch
   natively; CPU tensors run under Triton's interpreter (slow; one-time warning). Options are
   ``build_kernel``'s (``block_p``, ``block_m``, ``num_warps``, ...), ``dtype`` excepted.
 """
@@ -42,7 +43,7 @@ class Compiled:
     target: str
     options: dict[str, object]
     program: TorchProgram | None = None
-    _kernels: dict[torch.dtype, object] = field(default_factory=dict, repr=False)
+    _kernels: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
 
     def __call__(self, **arguments: object):  # type: ignore[no-untyped-def]
         if self.program is not None:
@@ -56,26 +57,50 @@ class Compiled:
             raise EinscadeError("stats are kept by the torch target only")
         return self.program.stats
 
-    def kernel(self, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-        """The Triton kernel for inputs of ``dtype`` (built on first use, then cached)."""
+    def kernel(
+        self, dtype: torch.dtype, head_dims: dict[str, int] | None = None, arch: int | None = None
+    ):  # type: ignore[no-untyped-def]
+        """The Triton kernel for inputs of ``dtype`` whose head sizes are ``head_dims``, for
+        the GPU ``arch`` (90, 80; None: the builder's default), built on first use and cached:
+        the tile configuration depends on all three (codegen/triton/config.py)."""
         from einscade.codegen.triton.compile import build_kernel
 
-        if dtype not in self._kernels:
-            self._kernels[dtype] = build_kernel(self.cascade, dtype=dtype, **self.options)  # type: ignore[arg-type]
-        return self._kernels[dtype]
+        key = (dtype, tuple(sorted((head_dims or {}).items())), arch)
+        if key not in self._kernels:
+            options = {"head_dims": head_dims, "arch": arch, **self.options}
+            self._kernels[key] = build_kernel(self.cascade, dtype=dtype, **options)  # type: ignore[arg-type]
+        return self._kernels[key]
 
     def _triton(self, arguments: dict[str, object]):  # type: ignore[no-untyped-def]
         tensors = [v for v in arguments.values() if isinstance(v, torch.Tensor)]
         floating = [t for t in tensors if t.is_floating_point()]
         if not floating:
             raise EinscadeError(f"@{self.cascade.name}: no floating-point input tensor given")
-        if floating[0].device.type != "cuda":
+        device = floating[0].device
+        if device.type != "cuda":
             warn_once(
                 "triton-interpreter",
                 "einscade triton target: CPU tensors run under Triton's interpreter (slow); "
                 "pass CUDA tensors to launch natively, or use target='torch' on the CPU",
             )
-        return self.kernel(floating[0].dtype)(**arguments)
+        arch = None
+        if device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(device)
+            arch = major * 10 + minor
+        dtype = floating[0].dtype
+        return self.kernel(dtype, self._head_dims(dtype, arguments), arch)(**arguments)
+
+    def _head_dims(self, dtype: torch.dtype, arguments: dict[str, object]) -> dict[str, int]:
+        """The head sizes (E, F, ...) of this call, read off the inputs' shapes: the kernel's
+        tiles, warps and stages are chosen for them."""
+        from einscade.codegen.bind import bind
+
+        tensors = {k: v for k, v in arguments.items() if isinstance(v, torch.Tensor)}
+        extra = {k: v for k, v in arguments.items() if not isinstance(v, torch.Tensor)}
+        sizes = bind(self.cascade, tensors, extra).sizes
+        probe = self.kernel(dtype)  # which sizes the kernel pads as head dims
+        heads = (a.name for a in probe.source.args if a.role == "head")
+        return {name: sizes[name] for name in heads if name in sizes}
 
 
 def compile(cascade: Cascade, target: str = "torch", **options: object) -> Compiled:  # noqa: A001

@@ -40,13 +40,17 @@ def add_parser(subparsers) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--arch", default="90,80", help="comma-separated: 90 (sm_90a), 80 (sm_80)")
     p.add_argument(
         "--tile", default=None, metavar="p=128,m=64",
-        help="query tile (a box on a grid: p=8x8) and key tile; default p=128 (8x8 on a "
-        "2-D grid, 4x4x4 on a 3-D one), m=64",
+        help="query tile (a box on a grid: p=8x8) and key tile; default: the configuration "
+        "chosen for the head dims, dtype and arch (einscade/codegen/triton/config.py)",
     )  # fmt: skip
     p.add_argument("--schedule", choices=("auto", "block_sparse", "dense"), default="auto")
-    p.add_argument("--warps", type=int, default=None, help="default 8 for >= 128 rows, else 4")
-    p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--warps", type=int, default=None, help="default: the chosen configuration's")
+    p.add_argument("--stages", type=int, default=None, help="default: the chosen configuration's")
     p.add_argument("--head-dim", type=int, default=64, help="every head size (E, F, ...)")
+    p.add_argument(
+        "--head-dims", default=None, metavar="E=192,F=128",
+        help="head sizes by symbol, for unequal QK and V head dims (overrides --head-dim)",
+    )  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -77,13 +81,24 @@ def parse_tile(text: str | None, cascade: Cascade) -> tuple[str, int]:
     return tile["p"], int(tile["m"])
 
 
-def _compile(kernel, arch: int, head: int, warps: int, stages: int):  # type: ignore[no-untyped-def]
+def parse_head_dims(text: str | None, default: int) -> dict[str, int]:
+    """``E=192,F=128`` -> {"E": 192, "F": 128}; without it every head size is ``default``."""
+    if not text:
+        return {"E": default, "F": default}
+    found = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if not name.strip() or not value.strip().isdigit():
+            raise EinscadeError(f"--head-dims expects E=192,F=128, got {part!r}")
+        found[name.strip()] = int(value)
+    return found
+
+
+def _compile(kernel, arch: int):  # type: ignore[no-untyped-def]
     from einscade.codegen.triton import compile_for_gpu
 
-    heads = {a.name: head for a in kernel.source.args if a.role == "head"}
-    heads |= {a.tensor: head for a in kernel.source.args if a.role == "pad"}
     try:
-        return compile_for_gpu(kernel, arch, head_dims=heads, num_warps=warps, num_stages=stages)
+        return compile_for_gpu(kernel, arch)  # the head dims the kernel was built for
     except EinscadeError:
         raise
     except Exception as error:  # Triton's compile errors: name the kernel and the target
@@ -100,28 +115,34 @@ def run(args: argparse.Namespace, rest: list[str], console: Console) -> None:
 
     cascade, _ = load_target(args.target, parse_builder_options(rest))
     archs = parse_archs(args.arch)
-    block_p, block_m = parse_tile(args.tile, cascade)
-    rows = 1
-    for extent in block_p.split("x"):
-        rows *= int(extent)
-    warps = args.warps or (8 if rows >= 128 else 4)
-    kernel = build_kernel(
-        cascade, block_p=block_p, block_m=block_m, dtype=_DTYPES[args.dtype],
-        num_warps=warps, num_stages=args.stages, schedule=args.schedule,
-    )  # fmt: skip
+    heads = parse_head_dims(args.head_dims, args.head_dim)
+    tile = {}
+    if args.tile:
+        tile = dict(zip(("block_p", "block_m"), parse_tile(args.tile, cascade), strict=True))
+    given = {"num_warps": args.warps, "num_stages": args.stages, **tile}
+    given = {k: v for k, v in given.items() if v is not None}
+    kernels = {
+        arch: build_kernel(cascade, dtype=_DTYPES[args.dtype], schedule=args.schedule,
+                           head_dims=heads, arch=arch, **given)
+        for arch in archs
+    }  # fmt: skip
+    first = kernels[archs[0]]
     table = Table(
-        title=f"{kernel.source.name} ({args.dtype}, {kernel.options.schedule})",
-        caption=f"tile p={block_p} m={block_m}, head dim {args.head_dim}, {warps} warps, "
-        f"{args.stages} stages; spills in bytes per thread",
+        title=f"{first.source.name} ({args.dtype}, {first.options.schedule})",
+        caption=f"head dims {', '.join(f'{k}={v}' for k, v in heads.items())}; spills in "
+        "bytes per thread; config: tiles, warps, stages chosen per arch (or given)",
         title_justify="left",
         caption_justify="left",
     )
     for column in ("arch", "registers", "spills (B)", "shared (KiB)", "tensor cores",
-                   "global loads", "compile (s)"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("arch", "tensor cores") else "right")
+                   "global loads", "compile (s)", "config"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("arch", "tensor cores", "config") else "right"
+        )
     for arch in archs:
+        kernel = kernels[arch]
         start = time.perf_counter()
-        compiled = _compile(kernel, arch, args.head_dim, warps, args.stages)
+        compiled = _compile(kernel, arch)
         report = kernel_report(compiled, arch)
         seconds = time.perf_counter() - start
         limit = SHARED_LIMIT.get(arch)
@@ -138,6 +159,7 @@ def run(args: argparse.Namespace, rest: list[str], console: Console) -> None:
             _flag(mma or "none", expect_mma and not mma),
             report.loads_summary(),
             f"{seconds:.1f}",
+            kernel.options.config.summary(),
         )  # fmt: skip
     console.print(table)
 

@@ -70,7 +70,25 @@ def test_triton_target_runs_cpu_tensors_under_the_interpreter_with_one_warning()
     messages = [str(w.message) for w in caught if "interpreter" in str(w.message)]
     assert len(messages) == (0 if api_warned else 1)
     torch.testing.assert_close(out, einscade.reference(cascade, **tensors), rtol=1e-4, atol=1e-4)
-    assert list(attention._kernels) == [torch.float32]  # built once, for the inputs' dtype
+    # built for the inputs' dtype and head sizes (the probe for head symbols is the other)
+    assert (torch.float32, (("E", 16), ("F", 16)), None) in attention._kernels
+    assert len(attention._kernels) <= 2
+
+
+def test_triton_target_chooses_the_configuration_for_the_inputs_head_sizes() -> None:
+    cascade = einscade.softmax_attention()
+    attention = einscade.compile(cascade, target="triton")
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 1, 9, 24, generator=g) for _ in range(2))
+    v = torch.randn(1, 1, 9, 40, generator=g)  # unequal QK and V head dims, not powers of two
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = attention(Q=q, K=k, V=v)
+    torch.testing.assert_close(
+        out, einscade.reference(cascade, Q=q, K=k, V=v), rtol=1e-4, atol=1e-4
+    )
+    built = attention._kernels[(torch.float32, (("E", 24), ("F", 40)), None)]
+    assert dict(built.options.head_dims) == {"E": 24, "F": 40}
 
 
 def _warned() -> set[str]:

@@ -74,6 +74,10 @@ tiles are never visited. Key tiles are 1-D ranges of ``M0`` tokens, or on a 2-D 
 grid chunks of ``M0`` keys of each query tile's key box. A row that visits no key gets
 output 0 and log-sum-exp -inf.
 
+Tiles, warps and stages come from one table (``config.py``, ``choose_config``), by head
+dims (16 to 256, unequal QK and V ones), dtype and architecture; they are part of the
+kernel's cache key.
+
 Entry points: ``build_kernel`` (source, cached file, launcher; CPU tensors run under
 Triton's interpreter), ``compile_for_gpu`` (ahead-of-time PTX and cubin for sm_90a/sm_80)
 and ``kernel_report`` (registers, spills, shared memory, tensor-core instructions, load
@@ -82,6 +86,7 @@ widths; ``einscade kernel-report`` on the command line).
 
 from einscade.codegen.triton.aot import compile_for_gpu
 from einscade.codegen.triton.compile import BuildOptions, GeneratedKernel, build_kernel
+from einscade.codegen.triton.config import KernelConfig, choose_config
 from einscade.codegen.triton.kernel import KernelArg, KernelSource, emit_kernel
 from einscade.codegen.triton.launch import LaunchResult
 from einscade.codegen.triton.layout import LayoutArrays, LayoutSource
@@ -92,6 +97,7 @@ __all__ = [
     "BuildOptions",
     "GeneratedKernel",
     "KernelArg",
+    "KernelConfig",
     "KernelError",
     "KernelReport",
     "KernelSource",
@@ -99,6 +105,7 @@ __all__ = [
     "LayoutArrays",
     "LayoutSource",
     "build_kernel",
+    "choose_config",
     "compile_for_gpu",
     "emit_kernel",
     "kernel_report",

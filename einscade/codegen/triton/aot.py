@@ -85,12 +85,15 @@ def compile_for_gpu(
 ):  # type: ignore[no-untyped-def]
     """Compile for ``sm_<arch>`` (90 means sm_90a) without a GPU; returns Triton's
     ``CompiledKernel`` (``.asm`` holds ttir, ttgir, llir, ptx, cubin; ``.metadata`` the
-    shared memory and warps). ``head_dims`` binds the head sizes (default 64 each)."""
+    shared memory and warps). ``head_dims`` binds the head sizes: by default those the
+    kernel's configuration was chosen for (``build_kernel(head_dims=...)``), else 64.
+    The tiles were chosen for ``generated.options.arch``: build for the arch you compile."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     heads = {a.name: 64 for a in generated.source.args if a.role == "head"}
     heads |= {a.tensor: 64 for a in generated.source.args if a.role == "pad"}
+    heads.update(dict(generated.options.head_dims))
     heads.update(head_dims or {})
     signature, constexprs, attrs = gpu_signature(generated, heads)
     fn = generated.kernel(interpret=False)

@@ -12,6 +12,7 @@ what the compiled kernel costs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import math
@@ -25,6 +26,7 @@ from types import ModuleType
 import torch
 
 from einscade.codegen.bind import bind
+from einscade.codegen.triton.config import KernelConfig, choose_config
 from einscade.codegen.triton.kernel import KernelSource, emit_kernel
 from einscade.codegen.triton.launch import LaunchResult, launch
 from einscade.codegen.triton.layout import KEY_MODES, LayoutArrays, LayoutSource, layout_source
@@ -67,6 +69,14 @@ class BuildOptions:
     schedule: str = "dense"  # or "block_sparse" (resolved from build_kernel's "auto")
     count_visits: bool = False
     key_mode: str = "grid"  # block-sparse key tiles: "grid" (1-D) or "box" (chunks of boxes)
+    arch: int = 90  # the architecture the configuration was chosen for (config.py)
+    head_dims: tuple[tuple[str, int], ...] = ()  # head sizes it was chosen for (E, F, ...)
+    why: str = "given"  # why config.py chose the tiles, warps and stages
+
+    @property
+    def config(self) -> KernelConfig:
+        """The kernel configuration: tiles, warps, stages and why."""
+        return KernelConfig(self.block_p, self.block_m, self.num_warps, self.num_stages, self.why)
 
 
 @dataclass
@@ -175,15 +185,17 @@ def _query_tiled(cascade: Cascade) -> bool:
 def build_kernel(
     cascade: Cascade,
     *,
-    block_p: int | tuple[int, ...] | str = 64,
-    block_m: int = 32,
+    block_p: int | tuple[int, ...] | str | None = None,
+    block_m: int | None = None,
     dtype: object = "float16",
-    num_warps: int = 4,
-    num_stages: int = 2,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     schedule: str = "auto",
     count_visits: bool = False,
     key_mode: str = "auto",
+    head_dims: dict[str, int] | None = None,
+    arch: int | None = None,
 ) -> GeneratedKernel:
     """Generate (or find in the cache) the Triton kernel of ``cascade``.
 
@@ -198,17 +210,35 @@ def build_kernel(
     tokens, ``"box"`` chunks of ``block_m`` keys of each query tile's key box on the key
     grid (``layout.py``); ``"auto"`` takes boxes on a key grid of 2 or 3 axes.
     ``count_visits`` adds a debug output: the key tiles each program visited.
+    ``block_p``, ``block_m``, ``num_warps`` and ``num_stages`` left out come from
+    ``config.choose_config`` for ``head_dims`` (head sizes by symbol, ``{"E": 192, "F":
+    128}``; 64 each if not given), the dtype and ``arch`` (the current CUDA device's, else
+    90); ``GeneratedKernel.options.config`` tells what was chosen and why.
     """
     if schedule not in SCHEDULES:
         raise KernelError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if key_mode not in ("auto", *KEY_MODES):
         raise KernelError(f"key_mode must be auto, grid or box, got {key_mode!r}")
-    tiled = fuse_and_tile(cascade, block_p, block_m)
-    layout = _layout(cascade, tiled, _block_spec(block_p), block_m, schedule, key_mode)
+    dtype_name = _dtype_name(dtype)
+    target = default_arch() if arch is None else arch
+    heads = tuple(sorted((head_dims or {}).items()))
+    given = {"block_p": block_p, "block_m": block_m, "num_warps": num_warps,
+             "num_stages": num_stages}  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) == 4:
+        config = KernelConfig(_block_spec(block_p), block_m, num_warps, num_stages)  # type: ignore[arg-type]
+    else:
+        chosen = choose_config(
+            tuple(v for _, v in heads), dtype_name, target,
+            query_axes=_grid_axes(cascade, "p"), box_keys=_box_keys(cascade, schedule, key_mode),
+        )  # fmt: skip
+        config = _override(chosen, given)
+    tiled = fuse_and_tile(cascade, config.block_p, config.block_m)
+    layout = _layout(cascade, tiled, config.block_p, config.block_m, schedule, key_mode)
     options = BuildOptions(
-        _block_spec(block_p), block_m, _dtype_name(dtype), num_warps, num_stages,
+        config.block_p, config.block_m, dtype_name, config.num_warps, config.num_stages,
         "dense" if layout is None else "block_sparse", count_visits,
-        "grid" if layout is None else layout.key_mode,
+        "grid" if layout is None else layout.key_mode, target, heads, config.why,
     )  # fmt: skip
     text = print_cascade(tiled)
     key = hashlib.sha256(f"{text}\n{options}".encode()).hexdigest()[:20]
@@ -217,6 +247,38 @@ def build_kernel(
     path = _write(folder, source, key)
     _debug(source)
     return GeneratedKernel(tiled, source, options, key, path, folder, layout)
+
+
+def default_arch() -> int:
+    """The architecture configurations are chosen for: the current CUDA device's compute
+    capability (``sm_86`` -> 86), else 90 (sm_90a)."""
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return 10 * major + minor
+    return 90
+
+
+def _grid_axes(cascade: Cascade, rank: str) -> int:
+    """Axes of the grid of ``rank`` (1 where it is a plain sequence)."""
+    return len(Scope(cascade).grids.get(rank, (rank,)))
+
+
+def _box_keys(cascade: Cascade, schedule: str, key_mode: str) -> bool:
+    """Whether the kernel will likely read key boxes (``_layout`` decides for sure)."""
+    if schedule == "dense" or key_mode == "grid":
+        return False
+    return key_mode == "box" or _grid_axes(cascade, "m") > 1
+
+
+def _override(chosen: KernelConfig, given: dict[str, object]) -> KernelConfig:
+    """The chosen configuration with the caller's values in place of its own."""
+    if not given:
+        return chosen
+    values = {k: v for k, v in given.items()}
+    if "block_p" in values:
+        values["block_p"] = _block_spec(values["block_p"])
+    why = f"given: {', '.join(sorted(given))}; else {chosen.why}"
+    return dataclasses.replace(chosen, **values, why=why)  # type: ignore[arg-type]
 
 
 def _emit(

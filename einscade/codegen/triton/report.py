@@ -18,6 +18,10 @@ import subprocess
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from einscade.codegen.triton.config import KernelConfig
 
 # Shared memory one block may use, by architecture (bytes; the opt-in maximum).
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -41,6 +45,7 @@ class KernelReport:
     num_warps: int
     tensor_core: dict[str, int]  # SASS opcode -> count
     global_loads: dict[int, int] = field(default_factory=dict)  # bits per thread -> count
+    config: str = ""  # the kernel's configuration and why (``KernelConfig.summary``)
 
     @property
     def spill_bytes(self) -> int:
@@ -63,6 +68,7 @@ class KernelReport:
             f"sm_{self.arch}: {self.registers} registers, {self.spill_bytes} B stack+local, "
             f"{self.shared_bytes} B shared, {self.num_warps} warps, tensor cores: {mma}, "
             f"global loads: {self.loads_summary()}"
+            + (f"; config {self.config}" if self.config else "")
         )
 
 
@@ -111,13 +117,17 @@ def global_load_widths(listing: str) -> dict[int, int]:
     return dict(widths)
 
 
-def kernel_report(compiled, arch: int) -> KernelReport:  # type: ignore[no-untyped-def]
+def kernel_report(  # type: ignore[no-untyped-def]
+    compiled, arch: int, config: KernelConfig | None = None
+) -> KernelReport:
     """Registers, local memory, shared memory, warps, tensor-core instructions and the
-    widths of global loads."""
+    widths of global loads; ``config`` (a ``KernelConfig``, e.g. ``kernel.options.config``)
+    is carried into the summary."""
     cubin = compiled.asm["cubin"]
     registers, stack, _, local = resource_usage(cubin)
     listing = sass(cubin)
     return KernelReport(
         arch, registers, stack, local, int(compiled.metadata.shared),
         int(compiled.metadata.num_warps), tensor_core_ops(listing), global_load_widths(listing),
+        config.summary() if config is not None else "",
     )  # fmt: skip

@@ -6,7 +6,8 @@ import io
 import pytest
 from rich.console import Console
 
-from einscade.codegen.triton.report import global_load_widths, tensor_core_ops
+from einscade.codegen.triton import choose_config
+from einscade.codegen.triton.report import KernelReport, global_load_widths, tensor_core_ops
 from einscade.compiler import kernel_report_cmd
 from einscade.frontends.softmax import softmax_attention
 from einscade.ir.errors import EinscadeError
@@ -51,3 +52,11 @@ def test_kernel_report_prints_a_row_per_arch():
     assert cells[0] == "sm_80" and cells[2] == "0"  # no spills
     assert cells[4].startswith("HMMA x") and "128b x" in cells[5]
     assert "block_sparse" in text
+
+
+def test_the_summary_names_the_configuration():
+    config = choose_config((256, 256), "float16", 80)
+    report = KernelReport(80, 183, 0, 0, 104 * 1024, 8, {"HMMA": 256}, {128: 72},
+                          config.summary())  # fmt: skip
+    assert report.summary().endswith("; config p=64 m=64, 8 warps, 2 stages (" + config.why + ")")
+    assert "config" not in KernelReport(80, 183, 0, 0, 0, 8, {}).summary()
