@@ -209,6 +209,8 @@ def _data_input(node: Node) -> object:
         return node.args[0]
     data = [a for a in node.args[:2] if isinstance(a, Node) and _carries_data(a)]
     if len(data) != 1:
+        if not any(_partition_behind(a) for a in data):
+            raise NotWindowed  # e.g. rotary embeddings (q * cos + rotate(q) * sin): no windows
         raise NoMatch(f"'{node.name}' combines two computed tensors: not token-wise")
     return data[0]
 

@@ -84,6 +84,18 @@ def llama(impl: str) -> Example:
     return Example(tf.LlamaModel(config).eval(), {"input_ids": ids, "use_cache": False})
 
 
+def mistral(impl: str) -> Example:
+    """GQA (4 query heads, 2 KV heads) with a causal sliding window of 4 keys on 12 tokens."""
+    tf = importable("transformers")
+    config = tf.MistralConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+        sliding_window=4, attn_implementation=impl,
+    )  # fmt: skip
+    ids = torch.randint(0, 100, (2, 12))
+    return Example(tf.MistralModel(config).eval(), {"input_ids": ids, "use_cache": False})
+
+
 def vit(impl: str) -> Example:
     tf = importable("transformers")
     config = tf.ViTConfig(
