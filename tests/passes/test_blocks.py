@@ -33,6 +33,7 @@ from einscade.frontends.local import halo_attention, maxvit_attention, neighborh
 from einscade.frontends.softmax import softmax_attention
 from einscade.ir.errors import BindError
 from einscade.passes.analysis.blocks import BlockLayout, classify
+from einscade.passes.analysis.dense_groups import DENSE_LIMIT
 from einscade.passes.analysis.masks import attention_mask
 
 SETTINGS = settings(deadline=None, max_examples=40)
@@ -85,11 +86,12 @@ def classify_and_check(cascade, oracle, tiling, sizes=None, lookups=None, at=Non
     dense = mask.evaluate_dense(sizes, None, lookups, at)
     assert torch.equal(dense, oracle), "the cascade's mask differs from the oracle"
     query_tile, key_tile, mode, pad = tiling
-    layout = classify(
-        mask, sizes, None, lookups, query_tile, key_tile, key_mode=mode, pad=pad, at=at,
-        count_useful=True,
-    )  # fmt: skip
-    check_layout(layout, dense)
+    for dense_limit in (0, DENSE_LIMIT):  # interval reasoning alone, and dense group tables
+        layout = classify(
+            mask, sizes, None, lookups, query_tile, key_tile, key_mode=mode, pad=pad, at=at,
+            count_useful=True, dense_limit=dense_limit,
+        )  # fmt: skip
+        check_layout(layout, dense)
 
 
 # -- 1-D sequence families ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from einscade.ir import parse_expr
 from einscade.ir.expr import Access, Binary, Call, Name, Num, Unary
+from einscade.passes.analysis.dense_groups import DENSE_LIMIT
 from einscade.passes.analysis.intervals import (
     FALSE,
     TRUE,
@@ -111,11 +112,14 @@ def _points(interval: Interval) -> range:
     return range(interval.lo, interval.hi + 1)
 
 
-def _evaluator(predicate, split_limit: int) -> BoxEvaluator:  # type: ignore[no-untyped-def]
+def _evaluator(predicate, split_limit: int, dense_limit: int) -> BoxEvaluator:  # type: ignore[no-untyped-def]
     tables = {"T": LookupTable("T", LOOKUP)}
-    return BoxEvaluator(
-        predicate, Axes("x", ("x",), (DOMAIN,)), Axes("y", ("y",), (DOMAIN,)), tables, split_limit
-    )
+    axes = Axes("x", ("x",), (DOMAIN,)), Axes("y", ("y",), (DOMAIN,))
+    return BoxEvaluator(predicate, *axes, tables, split_limit, dense_limit)
+
+
+# Evaluators run with interval reasoning alone (0) and with dense group tables (the default).
+DENSE_LIMITS = st.sampled_from([0, DENSE_LIMIT])
 
 
 # -- soundness ---------------------------------------------------------------------------
@@ -129,10 +133,10 @@ def test_integer_expressions_contain_every_value(expr, x, y) -> None:
         assert value.lo <= _value(expr, {"x": px, "y": py}) <= value.hi
 
 
-@given(predicates, intervals(), intervals(), st.sampled_from([0, 4, 16]))
-@settings(max_examples=200)
-def test_truth_and_key_region_are_sound(predicate, qbox, kbox, split_limit) -> None:
-    evaluator = _evaluator(predicate, split_limit)
+@given(predicates, intervals(), intervals(), st.sampled_from([0, 4, 16]), DENSE_LIMITS)
+@settings(max_examples=300)
+def test_truth_and_key_region_are_sound(predicate, qbox, kbox, split_limit, dense) -> None:  # type: ignore[no-untyped-def]
+    evaluator = _evaluator(predicate, split_limit, dense)
     truth = evaluator.truth([(qbox,)], [(kbox,)])
     values = [
         bool(_value(predicate, {"x": x, "y": y}))
@@ -149,14 +153,18 @@ def test_truth_and_key_region_are_sound(predicate, qbox, kbox, split_limit) -> N
 GRID_PREDICATES = _predicates(["px", "py", "p", "mx", "my", "m"], ["p", "m"])
 
 
-@given(GRID_PREDICATES, st.tuples(intervals(0, 2), intervals(0, 3)),
-       st.tuples(intervals(0, 2), intervals(0, 3)), st.sampled_from([0, 16]))  # fmt: skip
-@settings(max_examples=150)
-def test_grid_coordinates_and_flat_ranks_are_sound(predicate, qbox, kbox, split_limit) -> None:
+GRID_BOXES = st.tuples(intervals(0, 2), intervals(0, 3))
+
+
+@given(GRID_PREDICATES, GRID_BOXES, GRID_BOXES, st.sampled_from([0, 16]), DENSE_LIMITS)
+@settings(max_examples=200)
+def test_grid_coordinates_and_flat_ranks_are_sound(
+    predicate, qbox, kbox, split_limit, dense
+) -> None:  # type: ignore[no-untyped-def]
     """On a 3 x 4 grid, with axes and flat ranks (p = 4 px + py) mixed in one predicate."""
     tables = {"T": LookupTable("T", LOOKUP)}
     query, key = Axes("p", ("px", "py"), (3, 4)), Axes("m", ("mx", "my"), (3, 4))
-    evaluator = BoxEvaluator(predicate, query, key, tables, split_limit)
+    evaluator = BoxEvaluator(predicate, query, key, tables, split_limit, dense)
 
     def allowed(q: tuple[int, int], k: tuple[int, int]) -> bool:
         env = {"px": q[0], "py": q[1], "p": 4 * q[0] + q[1]}
@@ -214,9 +222,9 @@ NA_START = "max(x - 3, 0) + min(20 - x - 4, 0)"  # 1-D NA, L = 20, kernel 7
 NA_WINDOW = parse_expr(f"{NA_START} <= y and y < {NA_START} + 7")
 
 
-def _window_evaluator(split_limit: int) -> BoxEvaluator:
+def _window_evaluator(split_limit: int, dense_limit: int = 0) -> BoxEvaluator:
     axes = (Axes("x", ("x",), (20,)), Axes("y", ("y",), (20,)))
-    return BoxEvaluator(NA_WINDOW, *axes, {}, split_limit)
+    return BoxEvaluator(NA_WINDOW, *axes, {}, split_limit, dense_limit)
 
 
 _ALLOWED = torch.tensor(
@@ -240,6 +248,26 @@ def test_per_row_split_makes_neighborhood_windows_exact() -> None:
     assert looser > 0  # the correlated start is loose without the split
 
 
+def test_dense_group_tables_are_exact_without_splitting() -> None:
+    dense = _window_evaluator(0, DENSE_LIMIT)
+    assert all(group.dense is not None for group in dense.groups)
+    boxes = [Interval(a, b) for a in range(20) for b in range(a, min(a + 5, 20))]
+    for qbox, kbox in itertools.product(boxes, boxes):
+        assert dense.truth([(qbox,)], [(kbox,)]) == _exact(qbox, kbox)
+    for qbox in boxes:
+        allowed = _ALLOWED[qbox.lo : qbox.hi + 1].any(0).nonzero().flatten().tolist()
+        refused = (~_ALLOWED[qbox.lo : qbox.hi + 1]).any(0).nonzero().flatten().tolist()
+        assert dense.key_region([(qbox,)]) == [(Interval(allowed[0], allowed[-1]),)]
+        keys = [y for box in dense.fail_region([(qbox,)]) for y in _points(box[0])]
+        assert keys == refused  # exactly the refused keys
+
+
+def test_groups_over_too_many_coordinates_get_no_table() -> None:
+    axes = (Axes("x", ("x",), (20,)), Axes("y", ("y",), (20,)))
+    assert BoxEvaluator(NA_WINDOW, *axes, {}, 16, 399).groups[0].dense is None
+    assert BoxEvaluator(NA_WINDOW, *axes, {}, 16, 400).groups[0].dense is not None
+
+
 def test_key_region_of_a_window_row_is_the_window() -> None:
     evaluator = _window_evaluator(16)
     assert evaluator.key_region([(Interval(0, 0),)]) == [(Interval(0, 6),)]
@@ -247,20 +275,23 @@ def test_key_region_of_a_window_row_is_the_window() -> None:
     assert evaluator.key_region([(Interval(19, 19),)]) == [(Interval(13, 19),)]
 
 
-def test_or_of_disjoint_ranges_keeps_two_boxes() -> None:
+@pytest.mark.parametrize("dense", [0, DENSE_LIMIT])
+def test_or_of_disjoint_ranges_keeps_two_boxes(dense: int) -> None:
     predicate = parse_expr("y <= x and y >= x - 2 or y < 2")
-    evaluator = BoxEvaluator(predicate, Axes("x", ("x",), (40,)), Axes("y", ("y",), (40,)), {})
-    assert evaluator.key_region([(Interval(20, 23),)]) == [
-        (Interval(18, 23),),
+    axes = Axes("x", ("x",), (40,)), Axes("y", ("y",), (40,))
+    evaluator = BoxEvaluator(predicate, *axes, {}, 16, dense)
+    assert sorted(evaluator.key_region([(Interval(20, 23),)])) == [
         (Interval(0, 1),),
+        (Interval(18, 23),),
     ]
 
 
-def test_lookup_equality_bounds_keys_by_positions() -> None:
+@pytest.mark.parametrize("dense", [0, DENSE_LIMIT])
+def test_lookup_equality_bounds_keys_by_positions(dense: int) -> None:
     predicate = parse_expr("T[y] == T[x]")
     tables = {"T": LookupTable("T", LOOKUP)}
     axes = Axes("x", ("x",), (DOMAIN,)), Axes("y", ("y",), (DOMAIN,))
-    evaluator = BoxEvaluator(predicate, *axes, tables)
+    evaluator = BoxEvaluator(predicate, *axes, tables, 16, dense)
     assert evaluator.key_region([(Interval(2, 3),)]) == [(Interval(2, 4),)]
     assert evaluator.key_region([(Interval(5, 7),)]) == [(Interval(5, 7),)]  # values 2..3
 

@@ -277,9 +277,9 @@ def test_a_million_tokens_are_analysed_fast() -> None:
 @given(masks(), st.data())
 @SETTINGS
 def test_the_product_path_agrees_with_the_general_one(found, data) -> None:  # type: ignore[no-untyped-def]
-    """Per-axis classification of a product mask gives the tiles of the general path."""
+    """Per-factor classification of a product mask gives the tiles of the general path."""
     bound, _ = found
-    if len(bound.query.extents) < 2 or Classifier(bound).evaluator.axis_groups() is None:
+    if Classifier(bound).product is None:
         return
     tile = tuple(data.draw(st.integers(1, n)) for n in bound.query.extents)
     mode = data.draw(st.sampled_from(["box", "grid"]))

@@ -40,7 +40,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from einscade.passes.analysis.blocks import BlockLayout, Row
+import numpy as np
+
+from einscade.passes.analysis.block_layout import BlockLayout, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,71 @@ def rows_cost(
     sums = _Sums()
     for size, tiles in rows:
         sums.add_row(size, tiles, g, hw, per_key, flops_per_element)
+    return _cost(sums, query_tokens, key_tokens, heads, hw, useful_elements, permuted_tokens, scale)
+
+
+Pairs = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # query tiles; queries, keys, full
+
+
+def pairs_costs(
+    layouts: list[Pairs],
+    *,
+    query_tokens: int,
+    key_tokens: int,
+    heads: Heads = Heads(),
+    hardware: Hardware = H100,
+    permuted_tokens: list[int] | None = None,
+) -> list[LayoutCost]:
+    """:func:`rows_cost` of whole layouts, each (``query_tiles`` tiles covering
+    ``query_tokens``) given as arrays over its visited tiles: the query tile's size, the key
+    tile's size and whether it is full. The same sums, for every layout with one pass of array
+    operations (a layout's sums are segment sums) instead of a loop over rows."""
+    if not layouts:
+        return []
+    hw, g = hardware, hardware.granularity
+    per_key = (heads.qk_dim + heads.v_dim) * heads.dtype_bytes
+    flops_per_element = 2.0 * (heads.qk_dim + heads.v_dim)
+    sizes = [len(pairs[1]) for pairs in layouts]
+    segment = np.repeat(np.arange(len(layouts)), sizes)
+    queries, keys = np.concatenate([p[1] for p in layouts]), np.concatenate([p[2] for p in layouts])
+    full = np.concatenate([p[3] for p in layouts])
+    q, k = -(-queries // g) * g, -(-keys // g) * g
+    elements = q * k
+    compute = elements * (flops_per_element / hw.peak_flops + 1.0 / hw.exp_rate)
+    partial = ~full
+    time = np.maximum(compute, keys * (per_key / hw.l2_bandwidth)) + np.where(
+        partial, hw.mask_fraction * compute, 0.0
+    )
+
+    def total(weights):  # type: ignore[no-untyped-def]
+        return np.bincount(segment, weights=weights, minlength=len(layouts)).tolist()
+
+    columns = zip(
+        total(full), total(elements), total(queries * keys), total(elements * partial),
+        total(-(-k // hw.key_chunk)), total(keys), total(compute), total(time), strict=True,
+    )  # fmt: skip
+    found = []
+    for n, pairs, column in zip(sizes, layouts, columns, strict=True):
+        sums = _Sums()
+        full_tiles, computed, layout, partial_elements, iterations, key_sum, comp, tile = column
+        sums.query_tiles, sums.full, sums.partial = (
+            pairs[0],
+            round(full_tiles),
+            n - round(full_tiles),
+        )
+        sums.computed, sums.layout = round(computed), round(layout)
+        sums.partial_elements, sums.iterations = round(partial_elements), round(iterations)
+        sums.bytes = float(query_tokens * per_key + key_sum * per_key)
+        sums.compute_time = comp
+        sums.tile_time = query_tokens * per_key / hw.l2_bandwidth + tile
+        permuted = 0 if permuted_tokens is None else permuted_tokens[len(found)]
+        found.append(_cost(sums, query_tokens, key_tokens, heads, hw, None, permuted, 1.0))
+    return found
+
+
+def _cost(sums, query_tokens, key_tokens, heads, hw, useful_elements, permuted_tokens, scale):  # type: ignore[no-untyped-def]
+    per_key = (heads.qk_dim + heads.v_dim) * heads.dtype_bytes
+    flops_per_element = 2.0 * (heads.qk_dim + heads.v_dim)
     dram_bytes = float((query_tokens + key_tokens) * per_key)
     tile_time = scale * sums.tile_time
     overhead = hw.cycles(scale * (sums.iterations * hw.iteration_cycles

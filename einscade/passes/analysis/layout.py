@@ -14,13 +14,13 @@ Candidates (:func:`candidate_specs`):
   (dilation, MaxViT grid; see permute.py) the same shapes on the folded grid, one group per
   tile, the gather and scatter counted by the cost model.
 
-Selection estimates every candidate from two of its query tiles, then the contenders (within
-25 % of the best) from a sample of eight (evenly spaced in tile order, scaled to all tokens),
-both from the key regions alone (no tile evaluated); it classifies the cheapest one fully and
-reports it with its exact cost. The candidates keep their estimates (``einscade explain``
-shows them). The classifier
-and its caches are shared by the candidates of one mask, so the estimate costs little more
-than the final classification.
+Selection costs every box tiling of a product mask (windows per axis, after folding too;
+see product.py) exactly, from its factor tiles, all candidates in one pass of array
+operations. It estimates the other candidates from one query tile (its key regions only),
+then the contenders (within 10 % of the best) from a sample of eight (evenly spaced in tile
+order, scaled to all tokens); it classifies the cheapest one fully and reports it with its
+exact cost. The candidates keep their costs (``einscade explain`` shows them). The
+classifier and its caches are shared by the candidates of one mask.
 """
 
 from __future__ import annotations
@@ -34,7 +34,15 @@ import torch
 
 from einscade.ir.cascade import Cascade
 from einscade.passes.analysis.blocks import BlockLayout, Classifier, KeyTile, count_allowed
-from einscade.passes.analysis.cost import H100, Hardware, Heads, LayoutCost, layout_cost, rows_cost
+from einscade.passes.analysis.cost import (
+    H100,
+    Hardware,
+    Heads,
+    LayoutCost,
+    layout_cost,
+    pairs_costs,
+    rows_cost,
+)
 from einscade.passes.analysis.masks import BoundMask, Mask, Params, Sizes, attention_mask
 from einscade.passes.analysis.permute import TokenPermutation, find_folds, fold_mask
 
@@ -167,9 +175,13 @@ def choose_layout(
 
     # Two rounds: a glance at two query tiles each (their key regions only), then a closer
     # look at the contenders (more tiles, and which of their tiles are full).
-    glance = sorted((estimate(spec, min(GLANCE, sample), False) for spec in specs), key=_rank)
+    exact = _exact(bound, specs, plain, folded, heads, hardware)
+    rest = (estimate(s, min(GLANCE, sample), False) for s in specs if s not in exact)
+    glance = sorted([*exact.values(), *rest], key=_rank)
     cutoff = _rank(glance[0])[0] * CONTENDERS
-    closer = [estimate(c.spec, sample, True) for c in glance if _rank(c)[0] <= cutoff]
+    closer = [
+        c if c.exact else estimate(c.spec, sample, True) for c in glance if _rank(c)[0] <= cutoff
+    ]
     candidates = sorted(closer, key=_rank) + [c for c in glance if _rank(c)[0] > cutoff]
     best = candidates[0].spec
     classifier = plain if best.folds is None else folded
@@ -238,6 +250,29 @@ def _classify(classifier: Classifier, spec: LayoutSpec) -> BlockLayout:
     return classifier.layout(
         spec.query_tile, spec.key_tile, key_mode=spec.key_mode, pad=spec.pad, split=spec.split
     )
+
+
+def _exact(bound, specs, plain, folded, heads, hardware) -> dict[LayoutSpec, Candidate]:  # type: ignore[no-untyped-def]
+    """Exact costs of the specs that tile a product mask with boxes (every query tile, from
+    its factor tiles: product.py), summed for all of them at once."""
+    found, pairs = [], []
+    for spec in specs:
+        classifier = plain if spec.folds is None else folded
+        if classifier is None or spec.split:
+            continue
+        visited = classifier.product_pairs(spec.query_tile, spec.key_tile, spec.key_mode, spec.pad)
+        if visited is not None:
+            found.append(spec)
+            pairs.append(visited)
+    tokens = math.prod(bound.query.extents)
+    costs = pairs_costs(
+        pairs, query_tokens=tokens, key_tokens=math.prod(bound.key.extents), heads=heads,
+        hardware=hardware, permuted_tokens=[0 if s.folds is None else tokens for s in found],
+    )  # fmt: skip
+    return {
+        spec: Candidate(spec, cost, visited[0], visited[0])
+        for spec, cost, visited in zip(found, costs, pairs, strict=True)
+    }
 
 
 def _estimate(

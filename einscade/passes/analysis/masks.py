@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from einscade.codegen.bind import eval_scalar
@@ -40,7 +41,7 @@ from einscade.ir.expr import (
 )
 from einscade.ir.printer import print_expr
 from einscade.ir.scope import Scope
-from einscade.passes.analysis.intervals import Box, Env, Interval
+from einscade.passes.analysis.interval_core import Box, Env, Interval
 
 Sizes = dict[str, int]
 Params = dict[str, int | float]
@@ -246,25 +247,20 @@ class Axes:
 
 
 def _sparse_tables(values: torch.Tensor) -> tuple[list, list]:  # type: ignore[type-arg]
-    """Level k holds the min / max of every run of 2**k values (range queries in O(1));
-    Python lists for short lines (fast to index), tensors for long ones (compact)."""
-    mins, maxs = [values], [values]
-    while 1 << len(mins) <= len(values):
+    """Level k holds the min / max of every run of 2**k values (range queries in O(1)), as
+    numpy arrays (built in a few array operations; an element reads in ~100 ns)."""
+    base = values.numpy()
+    mins, maxs = [base], [base]
+    while 1 << len(mins) <= len(base):
         half = 1 << (len(mins) - 1)
-        mins.append(torch.minimum(mins[-1][:-half], mins[-1][half:]))
-        maxs.append(torch.maximum(maxs[-1][:-half], maxs[-1][half:]))
-    if len(values) <= _LIST_LINE:
-        return [t.tolist() for t in mins], [t.tolist() for t in maxs]
+        mins.append(np.minimum(mins[-1][:-half], mins[-1][half:]))
+        maxs.append(np.maximum(maxs[-1][:-half], maxs[-1][half:]))
     return mins, maxs
-
-
-_LIST_LINE = 1 << 14
 
 
 def _range(tables: list, lo: int, hi: int, pick: Callable) -> int | float:  # type: ignore[type-arg]
     level = (hi - lo + 1).bit_length() - 1
-    a, b = tables[level][lo], tables[level][hi - (1 << level) + 1]
-    return pick(a, b) if isinstance(a, int | float) else pick(a.item(), b.item())
+    return pick(tables[level][lo].item(), tables[level][hi - (1 << level) + 1].item())
 
 
 class _Line:

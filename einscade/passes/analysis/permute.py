@@ -20,6 +20,7 @@ of the output, which the cost model counts (``cost.permutation_bytes``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -111,16 +112,23 @@ def _residue_match(expr: Expr, query: Axes, key: Axes) -> tuple[int, int] | None
 
 def fold_mask(bound: BoundMask, folds: tuple[int, ...]) -> BoundMask:
     """The mask over folded coordinates (module doc); query and key fold alike."""
-    query, query_map = _folded_axes(bound.query, folds)
-    key, key_map = _folded_axes(bound.key, folds)
-    ranges = {name: extent - 1 for name, extent in zip(query.names, query.extents, strict=True)}
-    ranges.update(zip(key.names, (n - 1 for n in key.extents), strict=True))
-    predicate = None
-    if bound.predicate is not None:
-        bindings = {**query_map, **key_map}
-        swapped = map_expr(bound.predicate, lambda n: _swap(n, bindings))
-        predicate = map_expr(swapped, lambda n: _simplify(n, ranges))
+    predicate, query, key = _fold(bound.predicate, bound.query, bound.key, folds)
     return BoundMask(predicate, query, key, bound.tables, bound.lookups)
+
+
+@functools.lru_cache(maxsize=64)
+def _fold(predicate: Expr | None, query: Axes, key: Axes, folds: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """The symbolic rewrite of :func:`fold_mask`, cached per predicate and grids (a pure
+    function of them; it reads no tensor)."""
+    query_folded, query_map = _folded_axes(query, folds)
+    key_folded, key_map = _folded_axes(key, folds)
+    ranges = {n: e - 1 for n, e in zip(query_folded.names, query_folded.extents, strict=True)}
+    ranges.update(zip(key_folded.names, (n - 1 for n in key_folded.extents), strict=True))
+    if predicate is not None:
+        bindings = {**query_map, **key_map}
+        swapped = map_expr(predicate, lambda n: _swap(n, bindings))
+        predicate = map_expr(swapped, lambda n: _simplify(n, ranges))
+    return predicate, query_folded, key_folded
 
 
 def _swap(node: Expr, bindings: dict[str, Expr]) -> Expr | None:

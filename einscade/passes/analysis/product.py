@@ -1,0 +1,346 @@
+"""Product masks: a conjunction of conditions on disjoint groups of grid axes.
+
+When every group of conjuncts (:class:`~einscade.passes.analysis.intervals.BoxEvaluator`)
+reads the same axes on the query and the key side (NATTEN windows per axis, HaloNet, blocked
+attention, and after folding (permute.py) a dilated window per (group, position) pair of
+axes), the mask is a product over these *factors*: a box of tiles is the product of per-factor
+boxes, full iff full in every factor, empty iff empty in one. A box tile of the query grid is
+then a product of per-factor *factor tiles* (its spans on the factor's axes), so each factor
+tile is classified once and shared by every query tile, every tiling with the same extents on
+those axes, and the cost estimate of every candidate layout.
+
+:class:`ProductMask` holds the per-factor answers (a key box and its truth in box mode; the
+key tiles with their full flags in grid mode) that rows are built from, and per factor the
+same answers as arrays over all its factor tiles (factor_arrays.py). :func:`product_pairs`
+combines those into the visited tiles of a whole tiling, whose exact modelled cost
+``cost.pairs_costs`` sums with array operations for many candidates at once, never building
+a row (the 1M-token 3-D neighborhood has 16,384 query tiles but only 80 distinct factor
+tiles).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from einscade.passes.analysis.block_layout import tile_counts
+from einscade.passes.analysis.cost import Pairs
+from einscade.passes.analysis.factor_arrays import Arrays, FactorArrays
+from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
+from einscade.passes.analysis.intervals import BoxEvaluator
+from einscade.passes.analysis.key_boxes import pad_box
+
+UNION = "union"  # a factor's key region is several boxes: no single key box (box mode)
+MAX_PAIRS = 1 << 18  # (query tile, key tile) pairs costed at once at most (else: sampled)
+Spans = tuple[Interval, ...]  # a factor tile: one interval per axis of the factor
+BoxPart = tuple[Box, int] | str | None  # (key box, truth), UNION, or None (no key)
+GridPart = list[tuple[tuple[int, ...], bool]]  # (key tile coordinates, full)
+
+
+class ProductMask:
+    """The factors of a product mask, with cached per-factor-tile answers.
+
+    ``factors`` lists, in order of their first axis, each factor's axes and the index of its
+    group in the evaluator (None: no conjunct reads these axes, every key is allowed)."""
+
+    def __init__(self, evaluator: BoxEvaluator, factors: list[tuple[tuple[int, ...], int | None]]):
+        self.evaluator = evaluator
+        self.factors = factors
+        self.extents = evaluator.key.extents
+        # Factors over consecutive axes list key tiles in row-major order already.
+        flat = [a for axes, _ in factors for a in axes]
+        self.ordered = flat == sorted(flat)
+        self._boxes: dict[tuple, BoxPart] = {}  # type: ignore[type-arg]
+        self._grids: dict[tuple, GridPart] = {}  # type: ignore[type-arg]
+        self._arrays: dict[int, FactorArrays | None] = {}
+        self._pairs: dict[tuple, Arrays | None] = {}  # type: ignore[type-arg]
+
+    def arrays(self, factor: int) -> FactorArrays | None:
+        """The factor's summed-area tables (None without a dense table)."""
+        if factor not in self._arrays:
+            index = self.factors[factor][1]
+            dense = None if index is None else self.evaluator.groups[index].dense
+            self._arrays[factor] = None if dense is None else FactorArrays(dense.allowed)
+        return self._arrays[factor]
+
+    def pairs(self, factor: int, tile: tuple[int, ...], key_tile, pad: int) -> Arrays | None:  # type: ignore[no-untyped-def]
+        """Arrays (queries, keys, full) over the (factor tile, key part) pairs of one factor
+        for query tiles of extents ``tile`` on its axes (cached: tilings share them)."""
+        key = (factor, tile, key_tile, pad)
+        if key not in self._pairs:
+            axes = self.factors[factor][0]
+            per_axis = [_axis_spans(self.extents[a], t) for a, t in zip(axes, tile, strict=True)]
+            self._pairs[key] = _factor_pairs(self, factor, per_axis, key_tile, pad)
+        return self._pairs[key]
+
+    def spans(self, factor: int, box: Box) -> Spans:
+        return tuple(box[a] for a in self.factors[factor][0])
+
+    def box_part(self, factor: int, spans: Spans, pad: int) -> BoxPart:
+        """The key box of a factor tile (its key region's one box, the innermost grid axis
+        padded to a multiple of ``pad``) and its truth; None without keys; UNION."""
+        key = (factor, spans, pad)
+        found = self._boxes.get(key, False)
+        if found is False:
+            found = self._boxes[key] = self._box_part(factor, spans, pad)
+        return found  # type: ignore[return-value]
+
+    def _box_part(self, factor: int, spans: Spans, pad: int) -> BoxPart:
+        axes, index = self.factors[factor]
+        extents = tuple(self.extents[a] for a in axes)
+        if index is None:
+            return tuple(Interval(0, n - 1) for n in extents), TRUE
+        parts = self._region(factor, spans)
+        if len(parts) != 1:
+            return UNION if parts else None
+        box = parts[0]
+        if axes[-1] == len(self.extents) - 1 and pad > 1:
+            box = pad_box(box, extents, pad)
+        return box, self._truth(factor, spans, box)
+
+    def grid_part(self, factor: int, spans: Spans, tile: tuple[int, ...]) -> GridPart:
+        """Key tiles (coordinates on the factor's axes, full) of a factor tile in grid mode,
+        ``tile`` giving the key tile's extent on each of them; empty tiles left out."""
+        key = (factor, spans, tile)
+        found = self._grids.get(key)
+        if found is None:
+            found = self._grids[key] = self._grid_part(factor, spans, tile)
+        return found
+
+    def _grid_part(self, factor: int, spans: Spans, tile: tuple[int, ...]) -> GridPart:
+        axes, index = self.factors[factor]
+        extents = tuple(self.extents[a] for a in axes)
+        if index is None:
+            return [(c, True) for c in itertools.product(*map(range, tile_counts(extents, tile)))]
+        coords: set[tuple[int, ...]] = set()
+        for part in self._region(factor, spans):
+            ranges = (range(i.lo // t, i.hi // t + 1) for i, t in zip(part, tile, strict=True))
+            coords.update(itertools.product(*ranges))
+        found = []
+        for c in sorted(coords):
+            kbox = tuple(
+                Interval(j * t, min((j + 1) * t, n) - 1)
+                for j, t, n in zip(c, tile, extents, strict=True)
+            )
+            truth = self._truth(factor, spans, kbox)
+            if truth != FALSE:
+                found.append((c, truth == TRUE))
+        return found
+
+    # A factor's dense table answers from the spans directly; else the evaluator's group,
+    # through boxes of the whole grid (its caches are shared with the general path).
+
+    def _region(self, factor: int, spans: Spans) -> list[Box]:
+        axes, index = self.factors[factor]
+        dense = self.evaluator.groups[index].dense  # type: ignore[index]
+        if dense is not None:
+            return dense.span_region(spans)
+        return self.evaluator.group_region(index, self._query(axes, spans))  # type: ignore[arg-type]
+
+    def _truth(self, factor: int, spans: Spans, kspans: Box) -> int:
+        axes, index = self.factors[factor]
+        dense = self.evaluator.groups[index].dense  # type: ignore[index]
+        if dense is not None:
+            return dense.span_truth(spans, kspans)
+        kbox = _place(self.evaluator.key.full_box(), axes, kspans)
+        return self.evaluator.group_truth(index, self._query(axes, spans), kbox)  # type: ignore[arg-type]
+
+    def _query(self, axes: tuple[int, ...], spans: Spans) -> Box:
+        return _place(self.evaluator.query.full_box(), axes, spans)
+
+
+def product_mask(evaluator: BoxEvaluator) -> ProductMask | None:
+    """The factors of the evaluator's mask (module doc), or None when it is no product over a
+    multi-axis grid (a group reading different query and key axes, or different grids)."""
+    query, key = evaluator.query, evaluator.key
+    if query.extents != key.extents or len(query.names) < 2:
+        return None
+    factors: list[tuple[tuple[int, ...], int | None]] = []
+    for index, group in enumerate(evaluator.groups):
+        if not group.q_axes or group.q_axes != group.k_axes:
+            return None
+        factors.append((group.q_axes, index))
+    covered = {a for axes, _ in factors for a in axes}
+    factors += [((a,), None) for a in range(len(query.names)) if a not in covered]
+    return ProductMask(evaluator, sorted(factors, key=lambda f: f[0]))
+
+
+def _place(box: Box, axes: Sequence[int], spans: Box) -> Box:
+    wide = list(box)
+    for a, span in zip(axes, spans, strict=True):
+        wide[a] = span
+    return tuple(wide)
+
+
+def _axis_spans(extent: int, tile: int) -> list[Interval]:
+    return [Interval(o, min(o + tile, extent) - 1) for o in range(0, extent, tile)]
+
+
+def product_pairs(
+    product: ProductMask, query_tile: tuple[int, ...], key_tile: tuple[int, ...] | None, pad: int
+) -> Pairs | None:
+    """The visited tiles of box tiles ``query_tile`` (one extent per axis) with a key box per
+    tile (``key_tile`` None, padded by ``pad``) or a grid of key boxes ``key_tile``, as
+    arrays for :func:`cost.pairs_costs`; None where a factor's key region is a union (box
+    mode) or the pairs are too many."""
+    parts, tiles = [], 1
+    for factor, (axes, _) in enumerate(product.factors):
+        extents = tuple(query_tile[a] for a in axes)
+        sub_tile = None if key_tile is None else tuple(key_tile[a] for a in axes)
+        last = axes[-1] == len(product.extents) - 1
+        found = product.pairs(factor, extents, sub_tile, pad if last else 1)
+        if found is None:
+            return None
+        parts.append(found)
+        tiles *= math.prod(-(-product.extents[a] // t) for a, t in zip(axes, extents, strict=True))
+    if math.prod(len(part[0]) for part in parts) > MAX_PAIRS:
+        return None
+    queries = _outer([part[0] for part in parts], np.multiply)
+    keys = _outer([part[1] for part in parts], np.multiply)
+    return tiles, queries, keys, _outer([part[2] for part in parts], np.logical_and)
+
+
+def _factor_pairs(product, factor, per_axis, sub_tile, pad):  # type: ignore[no-untyped-def]
+    """Arrays (queries, keys, full) over the (factor tile, key part) pairs of one factor:
+    from its summed-area tables when it has a dense table, else tile by tile."""
+    arrays = product.arrays(factor)
+    if arrays is not None:
+        qlo = np.array(list(itertools.product(*([i.lo for i in s] for s in per_axis))), np.int64)
+        qhi = np.array(list(itertools.product(*([i.hi for i in s] for s in per_axis))), np.int64)
+        if sub_tile is not None:
+            return arrays.grid_mode(qlo, qhi, sub_tile)
+        found = arrays.box_mode(qlo, qhi, pad)
+        if found is not None:
+            return found
+    return _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad)
+
+
+def _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad):  # type: ignore[no-untyped-def]
+    """:func:`_factor_pairs` from the cached per-factor-tile answers (what rows use)."""
+    queries: list[int] = []
+    keys: list[int] = []
+    full: list[bool] = []
+    for spans in itertools.product(*per_axis):
+        size = math.prod(i.hi - i.lo + 1 for i in spans)
+        if sub_tile is None:
+            found = product.box_part(factor, spans, pad)
+            if found == UNION:
+                return None
+            if found is None or found[1] == FALSE:
+                continue
+            queries.append(size)
+            keys.append(math.prod(i.hi - i.lo + 1 for i in found[0]))
+            full.append(found[1] == TRUE)
+            continue
+        axes = product.factors[factor][0]
+        extents = [product.extents[a] for a in axes]
+        for coords, is_full in product.grid_part(factor, spans, sub_tile):
+            queries.append(size)
+            keys.append(_tile_size(coords, sub_tile, extents))
+            full.append(is_full)
+    return np.array(queries, np.int64), np.array(keys, np.int64), np.array(full, bool)
+
+
+def _tile_size(coords: tuple[int, ...], tile: tuple[int, ...], extents: list[int]) -> int:
+    return math.prod(min(t, n - c * t) for c, t, n in zip(coords, tile, extents, strict=True))
+
+
+def _outer(parts: list[np.ndarray], combine) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Every combination of one entry per factor, combined, flattened."""
+    found = parts[0]
+    for part in parts[1:]:
+        found = combine.outer(found, part).reshape(-1)
+    return found
+
+
+def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | None:
+    """:func:`product_pairs` for row-major token tiles of ``query_size`` tokens with key
+    tiles of ``key_size`` tokens (FlexAttention's blocks on a grid): every block's allowed
+    pairs from ``F(a, b)``, the allowed pairs among the first ``a`` query and ``b`` key
+    tokens, at the tile boundaries. A prefix of row-major tokens is at most one box per axis
+    (rows before, then a partial row, recursively), so ``F`` is a sum over pairs of those
+    boxes of products of factor counts, each a summed-area lookup."""
+    tokens = math.prod(product.extents)
+    q_edges = np.minimum(np.arange(0, tokens + query_size, query_size), tokens)
+    k_edges = np.minimum(np.arange(0, tokens + key_size, key_size), tokens)
+    if (len(q_edges) - 1) * (len(k_edges) - 1) > MAX_PAIRS:
+        return None
+    q_boxes, k_boxes = (
+        _prefix_boxes(q_edges, product.extents),
+        _prefix_boxes(k_edges, product.extents),
+    )
+    # On an axis a prefix box is fixed (axes before its own), a prefix or whole (after): a
+    # factor's count depends only on those kinds, so box pairs share it. Axes no conjunct
+    # reads allow every pair: their count is a product of the two boxes' volumes.
+    dense = [f for f, (_, index) in enumerate(product.factors) if index is not None]
+    free = [a for axes, index in product.factors if index is None for a in axes]
+    shared: dict[tuple, np.ndarray] = {}  # type: ignore[type-arg]
+    counts = 0
+    for kq, (q_lo, q_hi) in enumerate(q_boxes):
+        q_volume = _volume_of(q_lo, q_hi, free)[:, None]
+        for kk, (k_lo, k_hi) in enumerate(k_boxes):
+            term = q_volume * _volume_of(k_lo, k_hi, free)[None, :]
+            for factor in dense:
+                axes = product.factors[factor][0]
+                kinds = (factor, *(_kind(a, kq) for a in axes), *(_kind(a, kk) for a in axes))
+                found = shared.get(kinds)
+                if found is None:
+                    lo = [_column(q_lo[a]) for a in axes] + [_row(k_lo[a]) for a in axes]
+                    hi = [q_hi[a][:, None] for a in axes] + [k_hi[a][None, :] for a in axes]
+                    found = shared[kinds] = product.arrays(factor).pair_counts(lo, hi)  # type: ignore[union-attr]
+                term = term * found
+            counts = counts + term
+    blocks = counts[1:, 1:] - counts[:-1, 1:] - counts[1:, :-1] + counts[:-1, :-1]
+    queries, keys = np.diff(q_edges)[:, None], np.diff(k_edges)[None, :]
+    present = blocks > 0
+    shape = blocks.shape
+    return (
+        len(q_edges) - 1,
+        np.broadcast_to(queries, shape)[present],
+        np.broadcast_to(keys, shape)[present],
+        (blocks == queries * keys)[present],
+    )
+
+
+def _volume_of(lo: list, hi: list, axes: list[int]) -> np.ndarray:  # type: ignore[type-arg]
+    """Per edge, the number of points of a prefix box on ``axes`` (1 without axes)."""
+    found = np.ones_like(hi[0])
+    for a in axes:
+        found = found * np.maximum(hi[a] + 1 - (0 if lo[a] is None else lo[a]), 0)
+    return found
+
+
+def _kind(axis: int, box: int) -> int:
+    """How prefix box ``box`` spans ``axis``: fixed (-1), a prefix (0) or whole (1)."""
+    return (axis > box) - (axis < box)
+
+
+def _column(lo):  # type: ignore[no-untyped-def]
+    return None if lo is None else lo[:, None]
+
+
+def _row(lo):  # type: ignore[no-untyped-def]
+    return None if lo is None else lo[None, :]
+
+
+def _prefix_boxes(edges: np.ndarray, extents: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """Per edge ``a``, the tokens ``[0, a)`` as one box per axis ``k`` (lo, hi lists per
+    axis, arrays over the edges; a lower bound None is 0): axes before ``k`` fixed at
+    ``a``'s coordinates, axis ``k`` in ``[0, c_k - 1]`` (empty when ``c_k`` is 0), later
+    axes whole."""
+    strides = [math.prod(extents[k + 1 :]) for k in range(len(extents))]
+    coords = [edges // strides[0]] + [
+        (edges // s) % n for s, n in zip(strides[1:], extents[1:], strict=True)
+    ]
+    zero = np.zeros_like(edges)
+    fixed = [np.minimum(c, n - 1) for c, n in zip(coords, extents, strict=True)]  # a = N: empty
+    boxes = []
+    for k in range(len(extents)):
+        lo = [fixed[j] if j < k else None for j in range(len(extents))]
+        hi = [fixed[j] if j < k else (coords[k] - 1 if j == k else zero + extents[j] - 1)
+              for j in range(len(extents))]  # fmt: skip
+        boxes.append((lo, hi))
+    return boxes
