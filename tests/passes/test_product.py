@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from einscade.frontends.local import neighborhood_attention
+from einscade.frontends.local import halo_attention, maxvit_attention, neighborhood_attention
 from einscade.passes.analysis.block_layout import KeyTile
 from einscade.passes.analysis.blocks import Classifier
 from einscade.passes.analysis.cost import Heads, layout_cost, pairs_costs, rows_cost
@@ -28,6 +28,7 @@ from einscade.passes.analysis.product import (
     _factor_pairs_by_tile,
     flat_pairs,
 )
+from einscade.passes.analysis.product_rows import product_box_rows
 from einscade.passes.analysis.tilings import aligned_box, make_tiling
 from tests.passes.test_layout import masks
 
@@ -58,7 +59,8 @@ def test_factor_arrays_equal_the_per_tile_answers(found, data) -> None:  # type:
         pad = data.draw(st.sampled_from([1, 4])) if axes[-1] == len(product.extents) - 1 else 1
         per_axis = [_axis_spans(product.extents[a], t) for a, t in zip(axes, tile, strict=True)]
         by_tile = _factor_pairs_by_tile(product, factor, per_axis, key_tile, pad)
-        arrays = _factor_pairs(product, factor, per_axis, key_tile, pad)
+        extents = [product.extents[a] for a in axes]
+        arrays = _factor_pairs(product, factor, extents, tile, key_tile, pad)
         assert (arrays is None) == (by_tile is None)
         if arrays is not None:
             assert _multiset(*arrays) == _multiset(*by_tile)
@@ -156,3 +158,88 @@ def test_a_folded_dilated_window_is_a_product_of_single_axes() -> None:
     assert [axes for axes, _ in folded.product.factors] == [(0,), (1,), (2,), (3,)]
     shapes = [folded.evaluator.groups[i].dense.allowed.shape for _, i in folded.product.factors]
     assert sorted(shapes) == [(2, 2), (2, 2), (8, 8), (8, 8)]
+
+
+@given(masks(), st.data())
+@SETTINGS
+def test_array_rows_equal_the_per_row_path(found, data) -> None:  # type: ignore[no-untyped-def]
+    """The box rows built from factor-tile arrays (product_rows.py) are the rows the per-row
+    product path builds, tile for tile (so the soundness tests of those rows carry over)."""
+    for classifier in _classifiers(found[0]):
+        extents = classifier.bound.query.extents
+        tile = tuple(data.draw(st.integers(1, n)) for n in extents)
+        pad = data.draw(st.sampled_from([1, 4, 16]))
+        arrays = product_box_rows(classifier.product, extents, tile, pad)
+        if arrays is None:
+            continue  # a union of key boxes: the per-row path decides
+        queries = make_tiling("query", classifier.bound.query, tile)
+        expected = []
+        for origin in queries.origins():
+            shape = queries.shape(origin)
+            row = classifier._product_row(queries, None, origin, shape, pad, {})
+            assert row is not None
+            expected.append((origin, shape, row[0], row[1]))
+        origins, shapes, rows, dropped = arrays
+        assert list(zip(origins, shapes, rows, strict=True)) == [e[:3] for e in expected]
+        assert [t.full for r in rows for t in r] == [t.full for e in expected for t in e[2]]
+        assert dropped == sum(e[3] for e in expected)
+
+
+@given(masks(), st.data())
+@SETTINGS
+def test_flat_counts_read_off_finer_tiles_are_exact(found, data) -> None:  # type: ignore[no-untyped-def]
+    """Coarser token tiles reuse the prefix counts of finer ones (sizes dividing theirs):
+    the same visited blocks as counting them afresh, and as the classified layout."""
+    for classifier in _classifiers(found[0]):
+        tokens = math.prod(classifier.bound.query.extents)
+        query, key = data.draw(st.integers(1, tokens)), data.draw(st.integers(1, tokens))
+        coarse = (query * data.draw(st.integers(1, 4)), key * data.draw(st.integers(1, 4)))
+        flat_pairs(classifier.product, query, key)  # counted, kept for the coarser tiles
+        assert (query, key) in classifier.product.flat_counts
+        derived = flat_pairs(classifier.product, *coarse)
+        fresh = flat_pairs(Classifier(classifier.bound).product, *coarse)
+        assert derived[0] == fresh[0]
+        assert _multiset(*derived[1:]) == _multiset(*fresh[1:])
+        layout = classifier.layout((coarse[0],), (coarse[1],), key_mode="grid")
+        tiles = [(layout.query_size(i), t) for i, row in enumerate(layout.key_tiles) for t in row]
+        assert _multiset(*derived[1:]) == Counter((q, t.size, t.full) for q, t in tiles)
+
+
+@given(masks(), st.data())
+@SETTINGS
+def test_batched_factor_answers_equal_one_call_per_tiling(found, data) -> None:  # type: ignore[no-untyped-def]
+    """``prefetch`` (every tiling's factor answers in one batch) caches exactly the arrays
+    that one ``product_pairs`` call per tiling computes, in the same order."""
+    for classifier in _classifiers(found[0]):
+        extents = classifier.bound.query.extents
+        tilings = []
+        for _ in range(data.draw(st.integers(1, 4))):
+            tile = tuple(data.draw(st.integers(1, n)) for n in extents)
+            mode = data.draw(st.sampled_from(["box", "grid"]))
+            pad = data.draw(st.sampled_from([1, 16]))
+            tilings.append((tile, tile if mode == "grid" else None, mode, pad))
+        batched = Classifier(classifier.bound)
+        batched.prefetch_pairs(tilings)
+        for tile, key_tile, mode, pad in tilings:
+            one = classifier.product_pairs(tile, key_tile, mode, pad)
+            many = batched.product_pairs(tile, key_tile, mode, pad)
+            assert (one is None) == (many is None)
+            if one is not None:
+                assert one[0] == many[0]
+                for a, b in zip(one[1:], many[1:], strict=True):
+                    assert np.array_equal(a, b)
+
+
+def test_array_rows_take_the_halo_and_maxvit_box_tilings() -> None:
+    """The array path answers (no union) for HaloNet and MaxViT box tilings, and the layout
+    built from it is the per-row path's."""
+    for cascade in (halo_attention((8, 8), 4, 1), maxvit_attention((8, 8), 2, "grid")):
+        classifier = Classifier(attention_mask(cascade).bind(None, None, None))
+        found = product_box_rows(classifier.product, (8, 8), (4, 4), 4)
+        assert found is not None
+        queries = make_tiling("query", classifier.bound.query, (4, 4))
+        rows = [
+            classifier._product_row(queries, None, o, queries.shape(o), 4, {})[0]
+            for o in queries.origins()
+        ]
+        assert found[2] == rows

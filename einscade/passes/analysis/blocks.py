@@ -50,6 +50,7 @@ from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import box_row
 from einscade.passes.analysis.masks import BoundMask, Mask, Params, Sizes
 from einscade.passes.analysis.product import UNION, flat_pairs, product_mask, product_pairs
+from einscade.passes.analysis.product_rows import product_box_rows
 from einscade.passes.analysis.tilings import Tiling, aligned_box, make_tiling
 
 __all__ = [
@@ -138,6 +139,10 @@ class Classifier:
         the tail; the element mask is then needed on the head and tail only.
         """
         queries, keys = self._tilings(query_tile, key_tile, key_mode, pad, split)
+        if keys is None and self._is_product(queries, keys):
+            found = product_box_rows(self.product, queries.grid, queries.tile, pad)  # type: ignore[arg-type]
+            if found is not None:
+                return _layout(self.bound, queries, keys, key_mode, *found)
         rows, origins, shapes, dropped = [], [], [], 0
         cache = self._tile_cache(keys)
         for origin in queries.origins():
@@ -263,6 +268,22 @@ class Classifier:
         if not product.ordered:
             rows.sort(key=_ORIGIN)
         return tuple(rows), 0
+
+    def prefetch_pairs(self, tilings: list[tuple]) -> None:  # type: ignore[type-arg]
+        """Batch the factor answers of the box tilings ``(query_tile, key_tile, key_mode,
+        pad)`` that :meth:`product_pairs` will be asked for (``ProductMask.prefetch``)."""
+        if self.product is None:
+            return
+        extents, boxes = self.bound.query.extents, []
+        for query_tile, keys, key_mode, pad in tilings:
+            if key_mode not in KEY_MODES or (key_mode == "grid") != (keys is not None):
+                continue
+            query_box = aligned_box(extents, tuple(query_tile))
+            key_box = None if keys is None else aligned_box(extents, tuple(keys))
+            if query_box is None or (keys is not None and key_box is None):
+                continue
+            boxes.append((query_box, key_box, pad))
+        self.product.prefetch(boxes)
 
     def product_pairs(self, query_tile, key_tile, key_mode: str, pad: int) -> Pairs | None:  # type: ignore[no-untyped-def]
         """The visited tiles of a tiling of a product mask as arrays for

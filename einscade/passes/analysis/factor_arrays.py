@@ -35,6 +35,52 @@ class FactorArrays:
         of its allowed keys, the last axis padded to a multiple of ``pad`` when ``pad > 1``)
         as (queries, keys, full) for the boxes that have keys; None when some region is not
         one box (the per-tile path decides those)."""
+        found = self._box_all(qlo, qhi, pad)
+        if found is None:
+            return None
+        queries, keys, full, some = found
+        return queries[some], keys[some], full[some]
+
+    def box_mode_batch(
+        self, qlo: np.ndarray, qhi: np.ndarray, pad: int, sizes: list[int]
+    ) -> list[Arrays] | None:
+        """:meth:`box_mode` of several tilings in one pass: their query boxes concatenated
+        (``sizes`` boxes each), the answers split back per tiling (None: some region of some
+        tiling is not one box). Fewer, larger array operations than one call per tiling."""
+        found = self._box_all(qlo, qhi, pad)
+        if found is None:
+            return None
+        return _split(found, sizes)
+
+    def grid_mode_batch(self, tilings: list[tuple[np.ndarray, np.ndarray, tuple[int, ...]]]):  # type: ignore[no-untyped-def]
+        """:meth:`grid_mode` of several (qlo, qhi, key tile) tilings in one pass over the
+        concatenated (query box, key tile) pairs, split back per tiling, in the same order."""
+        lo: list[list[np.ndarray]] = [[] for _ in range(2 * self.d)]
+        hi: list[list[np.ndarray]] = [[] for _ in range(2 * self.d)]
+        sizes = []
+        for qlo, qhi, tile in tilings:
+            klo, khi = self._key_tiles(tile)
+            nq, nk = len(qlo), len(klo)
+            q_index, k_index = np.repeat(np.arange(nq), nk), np.tile(np.arange(nk), nq)
+            for a in range(self.d):  # row-major over [query boxes, key tiles], as grid_mode
+                lo[a].append(qlo[q_index, a])
+                hi[a].append(qhi[q_index, a])
+                lo[self.d + a].append(klo[k_index, a])
+                hi[self.d + a].append(khi[k_index, a])
+            sizes.append(nq * nk)
+        lo_all, hi_all = [np.concatenate(x) for x in lo], [np.concatenate(x) for x in hi]
+        counts = self.pair_counts(lo_all, hi_all)
+        queries = _volume(lo_all[: self.d], hi_all[: self.d])
+        keys = _volume(lo_all[self.d :], hi_all[self.d :])
+        return _split((queries, keys, counts == queries * keys, counts > 0), sizes)
+
+    def _key_tiles(self, tile: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        counts = [-(-n // t) for n, t in zip(self.extents, tile, strict=True)]
+        klo = np.indices(counts).reshape(self.d, -1).T * np.array(tile)  # row-major starts
+        return klo, np.minimum(klo + np.array(tile), np.array(self.extents)) - 1
+
+    def _box_all(self, qlo: np.ndarray, qhi: np.ndarray, pad: int):  # type: ignore[no-untyped-def]
+        """:meth:`box_mode`'s arrays over every query box, with ``some`` (it has keys)."""
         q_lo, q_hi = list(qlo.T), list(qhi.T)
         hit = self._query_counts(q_lo, q_hi) > 0
         tiles = len(qlo)
@@ -54,14 +100,12 @@ class FactorArrays:
             keys = _volume(k_lo, k_hi)
         queries = _volume(q_lo, q_hi)
         counts = self.pair_counts(q_lo + k_lo, q_hi + k_hi)
-        return queries[some], keys[some], (counts == queries * keys)[some]
+        return queries, keys, counts == queries * keys, some
 
     def grid_mode(self, qlo: np.ndarray, qhi: np.ndarray, tile: tuple[int, ...]) -> Arrays:
         """Every (query box, key tile) pair with an allowed pair, key tiles of extents
         ``tile`` over the factor's axes: (queries, keys, full)."""
-        starts = [np.arange(0, n, t) for n, t in zip(self.extents, tile, strict=True)]
-        klo = np.array(list(itertools.product(*starts)), np.int64).reshape(-1, self.d)
-        khi = np.minimum(klo + np.array(tile), np.array(self.extents)) - 1
+        klo, khi = self._key_tiles(tile)
         # Pairs as a [query boxes, key tiles] grid by broadcasting.
         q_lo, q_hi = [c[:, None] for c in qlo.T], [c[:, None] for c in qhi.T]
         k_lo, k_hi = [c[None, :] for c in klo.T], [c[None, :] for c in khi.T]
@@ -134,3 +178,15 @@ def _pad(lo: np.ndarray, hi: np.ndarray, length: int, pad: int) -> tuple[np.ndar
     padded = np.minimum(-(-(hi - lo + 1) // pad) * pad, length)
     start = np.maximum(0, np.minimum(lo, length - padded))
     return start, start + padded - 1
+
+
+def _split(found, sizes: list[int]) -> list[Arrays]:  # type: ignore[no-untyped-def]
+    """(queries, keys, full) of each segment of ``sizes`` entries, where ``keep``."""
+    queries, keys, full, keep = found
+    parts, start = [], 0
+    for size in sizes:
+        part = slice(start, start + size)
+        mask = keep[part]
+        parts.append((queries[part][mask], keys[part][mask], full[part][mask]))
+        start += size
+    return parts

@@ -16,7 +16,8 @@ Candidates (:func:`candidate_specs`):
 
 Selection costs every box tiling of a product mask (windows per axis, after folding too;
 see product.py) exactly, from its factor tiles, all candidates in one pass of array
-operations. It estimates the other candidates from one query tile (its key regions only),
+operations (the winner keeps that cost: it equals ``layout_cost`` of its rows). It
+estimates the other candidates from one query tile (its key regions only),
 then the contenders (within 10 % of the best) from a sample of eight (evenly spaced in tile
 order, scaled to all tokens); it classifies the cheapest one fully and reports it with its
 exact cost. The candidates keep their costs (``einscade explain`` shows them). The
@@ -175,7 +176,7 @@ def choose_layout(
 
     # Two rounds: a glance at two query tiles each (their key regions only), then a closer
     # look at the contenders (more tiles, and which of their tiles are full).
-    exact = _exact(bound, specs, plain, folded, heads, hardware)
+    exact = _exact(bound, specs, plain, folded, heads, hardware)  # costed from every tile
     rest = (estimate(s, min(GLANCE, sample), False) for s in specs if s not in exact)
     glance = sorted([*exact.values(), *rest], key=_rank)
     cutoff = _rank(glance[0])[0] * CONTENDERS
@@ -192,10 +193,14 @@ def choose_layout(
         useful_elements = count_allowed(layout, classifier.bound)
     if useful_elements is not None:
         layout = dataclasses.replace(layout, useful_elements=useful_elements)
-    cost = layout_cost(
-        layout, heads=heads, hardware=hardware, useful_elements=useful_elements,
-        permuted_tokens=0 if permutation is None else permutation.tokens,
-    )  # fmt: skip
+    if best in exact:  # already its exact cost (test_product: equal to layout_cost's)
+        useful = layout.useful_elements if useful_elements is None else useful_elements
+        cost = dataclasses.replace(exact[best].cost, useful_elements=useful)
+    else:
+        cost = layout_cost(
+            layout, heads=heads, hardware=hardware, useful_elements=useful_elements,
+            permuted_tokens=0 if permutation is None else permutation.tokens,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     found = tuple(candidates)
     return LayoutChoice(best, layout, cost, permutation, classifier.bound, found, seconds)
@@ -256,6 +261,12 @@ def _exact(bound, specs, plain, folded, heads, hardware) -> dict[LayoutSpec, Can
     """Exact costs of the specs that tile a product mask with boxes (every query tile, from
     its factor tiles: product.py), summed for all of them at once."""
     found, pairs = [], []
+    for classifier in (plain, folded):
+        if classifier is not None:  # every factor's answers in one batch per classifier
+            own = [s for s in specs if (s.folds is not None) == (classifier is folded)]
+            classifier.prefetch_pairs(
+                [(s.query_tile, s.key_tile, s.key_mode, s.pad) for s in own if not s.split]
+            )
     for spec in specs:
         classifier = plain if spec.folds is None else folded
         if classifier is None or spec.split:

@@ -260,7 +260,8 @@ def _sparse_tables(values: torch.Tensor) -> tuple[list, list]:  # type: ignore[t
 
 def _range(tables: list, lo: int, hi: int, pick: Callable) -> int | float:  # type: ignore[type-arg]
     level = (hi - lo + 1).bit_length() - 1
-    return pick(tables[level][lo].item(), tables[level][hi - (1 << level) + 1].item())
+    table = tables[level]  # ndarray.item(i): one call, a Python number, no numpy scalar
+    return pick(table.item(lo), table.item(hi - (1 << level) + 1))
 
 
 class _Line:

@@ -15,7 +15,9 @@ same answers as arrays over all its factor tiles (factor_arrays.py). :func:`prod
 combines those into the visited tiles of a whole tiling, whose exact modelled cost
 ``cost.pairs_costs`` sums with array operations for many candidates at once, never building
 a row (the 1M-token 3-D neighborhood has 16,384 query tiles but only 80 distinct factor
-tiles).
+tiles). :meth:`ProductMask.prefetch` computes every candidate tiling's factor arrays in one
+batch per factor; :func:`flat_pairs` reads coarser token tiles off the prefix counts of finer
+ones; product_rows.py builds the chosen tiling's rows from the same per-factor answers.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class ProductMask:
         self._grids: dict[tuple, GridPart] = {}  # type: ignore[type-arg]
         self._arrays: dict[int, FactorArrays | None] = {}
         self._pairs: dict[tuple, Arrays | None] = {}  # type: ignore[type-arg]
+        # F of flat token tiles per (query size, key size): coarser tiles read it off finer.
+        self.flat_counts: dict[tuple[int, int], np.ndarray] = {}
 
     def arrays(self, factor: int) -> FactorArrays | None:
         """The factor's summed-area tables (None without a dense table)."""
@@ -71,10 +75,52 @@ class ProductMask:
         for query tiles of extents ``tile`` on its axes (cached: tilings share them)."""
         key = (factor, tile, key_tile, pad)
         if key not in self._pairs:
-            axes = self.factors[factor][0]
-            per_axis = [_axis_spans(self.extents[a], t) for a, t in zip(axes, tile, strict=True)]
-            self._pairs[key] = _factor_pairs(self, factor, per_axis, key_tile, pad)
+            extents = [self.extents[a] for a in self.factors[factor][0]]
+            self._pairs[key] = _factor_pairs(self, factor, extents, tile, key_tile, pad)
         return self._pairs[key]
+
+    def prefetch(self, tilings: list[tuple[tuple[int, ...], tuple[int, ...] | None, int]]) -> None:
+        """Fill :meth:`pairs`'s cache for the box tilings (query tile, key tile or None, pad)
+        that :func:`product_pairs` will ask for, each factor's in one batched pass of its
+        summed-area tables (:meth:`FactorArrays.box_mode_batch`, ``grid_mode_batch``):
+        the same arrays as one call per tiling, with far fewer array operations."""
+        boxes: dict[tuple[int, int], list[tuple]] = {}  # type: ignore[type-arg]
+        grids: dict[tuple[int, int], list[tuple]] = {}  # type: ignore[type-arg]
+        for factor, sub_tile, sub_key, pad in self._requests(tilings):
+            if (factor, sub_tile, sub_key, pad) in self._pairs or self.arrays(factor) is None:
+                continue
+            if sub_key is None:
+                boxes.setdefault((factor, pad), []).append(sub_tile)
+            else:
+                grids.setdefault((factor, pad), []).append((sub_tile, sub_key))
+        for (factor, pad), tiles in boxes.items():
+            tiles = list(dict.fromkeys(tiles))
+            spans = [_span_arrays(self._axis_extents(factor), t) for t in tiles]
+            found = self.arrays(factor).box_mode_batch(  # type: ignore[union-attr]
+                np.concatenate([lo for lo, _ in spans]), np.concatenate([hi for _, hi in spans]),
+                pad, [len(lo) for lo, _ in spans],
+            )  # fmt: skip
+            for tile, arrays in zip(tiles, found or (), strict=False):
+                self._pairs[(factor, tile, None, pad)] = arrays
+        for (factor, pad), entries in grids.items():
+            entries = list(dict.fromkeys(entries))
+            extents = self._axis_extents(factor)
+            batch = [(*_span_arrays(extents, t), k) for t, k in entries]
+            found = self.arrays(factor).grid_mode_batch(batch)  # type: ignore[union-attr]
+            for (tile, sub_key), arrays in zip(entries, found, strict=True):
+                self._pairs[(factor, tile, sub_key, pad)] = arrays
+
+    def _requests(self, tilings):  # type: ignore[no-untyped-def]
+        """(factor, tile, key tile, pad) of each factor of each tiling, as product_pairs."""
+        last_axis = len(self.extents) - 1
+        for query_tile, key_tile, pad in tilings:
+            for factor, (axes, _) in enumerate(self.factors):
+                sub_tile = tuple(query_tile[a] for a in axes)
+                sub_key = None if key_tile is None else tuple(key_tile[a] for a in axes)
+                yield factor, sub_tile, sub_key, (pad if axes[-1] == last_axis else 1)
+
+    def _axis_extents(self, factor: int) -> list[int]:
+        return [self.extents[a] for a in self.factors[factor][0]]
 
     def spans(self, factor: int, box: Box) -> Spans:
         return tuple(box[a] for a in self.factors[factor][0])
@@ -203,19 +249,28 @@ def product_pairs(
     return tiles, queries, keys, _outer([part[2] for part in parts], np.logical_and)
 
 
-def _factor_pairs(product, factor, per_axis, sub_tile, pad):  # type: ignore[no-untyped-def]
-    """Arrays (queries, keys, full) over the (factor tile, key part) pairs of one factor:
-    from its summed-area tables when it has a dense table, else tile by tile."""
+def _factor_pairs(product, factor, extents, tile, sub_tile, pad):  # type: ignore[no-untyped-def]
+    """Arrays (queries, keys, full) over the (factor tile, key part) pairs of one factor
+    (query tiles of ``tile`` over its axes of ``extents``): from its summed-area tables when
+    it has a dense table, else tile by tile."""
     arrays = product.arrays(factor)
     if arrays is not None:
-        qlo = np.array(list(itertools.product(*([i.lo for i in s] for s in per_axis))), np.int64)
-        qhi = np.array(list(itertools.product(*([i.hi for i in s] for s in per_axis))), np.int64)
+        qlo, qhi = _span_arrays(extents, tile)
         if sub_tile is not None:
             return arrays.grid_mode(qlo, qhi, sub_tile)
         found = arrays.box_mode(qlo, qhi, pad)
         if found is not None:
             return found
+    per_axis = [_axis_spans(n, t) for n, t in zip(extents, tile, strict=True)]
     return _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad)
+
+
+def _span_arrays(extents: list[int], tile: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (lo, hi: [factor tiles, axes]) of every factor tile, in the order of
+    ``itertools.product`` over the axes' spans (:func:`_axis_spans`)."""
+    counts = [-(-n // t) for n, t in zip(extents, tile, strict=True)]
+    lo = np.indices(counts).reshape(len(counts), -1).T * np.array(tile)  # row-major
+    return lo, np.minimum(lo + np.array(tile), np.array(extents)) - 1
 
 
 def _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad):  # type: ignore[no-untyped-def]
@@ -264,10 +319,53 @@ def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | 
     (rows before, then a partial row, recursively), so ``F`` is a sum over pairs of those
     boxes of products of factor counts, each a summed-area lookup."""
     tokens = math.prod(product.extents)
-    q_edges = np.minimum(np.arange(0, tokens + query_size, query_size), tokens)
-    k_edges = np.minimum(np.arange(0, tokens + key_size, key_size), tokens)
+    q_edges, k_edges = _edges(tokens, query_size), _edges(tokens, key_size)
     if (len(q_edges) - 1) * (len(k_edges) - 1) > MAX_PAIRS:
         return None
+    counts = product.flat_counts.get((query_size, key_size))
+    if counts is None:
+        counts = _finer_counts(product, tokens, query_size, key_size)
+    if counts is None:
+        counts = _prefix_counts(product, q_edges, k_edges)
+    product.flat_counts[(query_size, key_size)] = counts
+    blocks = counts[1:, 1:] - counts[:-1, 1:] - counts[1:, :-1] + counts[:-1, :-1]
+    queries, keys = np.diff(q_edges)[:, None], np.diff(k_edges)[None, :]
+    present = blocks > 0
+    shape = blocks.shape
+    return (
+        len(q_edges) - 1,
+        np.broadcast_to(queries, shape)[present],
+        np.broadcast_to(keys, shape)[present],
+        (blocks == queries * keys)[present],
+    )
+
+
+def _edges(tokens: int, size: int) -> np.ndarray:
+    """Token tile boundaries: multiples of ``size``, the last one clipped to ``tokens``."""
+    return np.minimum(np.arange(0, tokens + size, size), tokens)
+
+
+def _finer_counts(product: ProductMask, tokens: int, query_size: int, key_size: int):  # type: ignore[no-untyped-def]
+    """``F`` at the edges of (query_size, key_size) tiles read off ``F`` of finer tiles
+    already counted (sizes dividing these): every edge here is an edge there (a multiple of
+    the finer size, or the clipped last one), so the counts are exact; None if none."""
+    for (q, k), counts in product.flat_counts.items():
+        if query_size % q or key_size % k:
+            continue
+        rows = _subset(tokens, query_size, q)
+        cols = _subset(tokens, key_size, k)
+        return counts[np.ix_(rows, cols)]
+    return None
+
+
+def _subset(tokens: int, size: int, finer: int) -> np.ndarray:
+    """Indices of the ``size`` edges among the ``finer`` edges (``finer`` divides ``size``)."""
+    fine = _edges(tokens, finer)
+    return np.searchsorted(fine, _edges(tokens, size))
+
+
+def _prefix_counts(product: ProductMask, q_edges: np.ndarray, k_edges: np.ndarray) -> np.ndarray:
+    """``F(a, b)`` (:func:`flat_pairs`) for every query edge ``a`` and key edge ``b``."""
     q_boxes, k_boxes = (
         _prefix_boxes(q_edges, product.extents),
         _prefix_boxes(k_edges, product.extents),
@@ -279,10 +377,11 @@ def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | 
     free = [a for axes, index in product.factors if index is None for a in axes]
     shared: dict[tuple, np.ndarray] = {}  # type: ignore[type-arg]
     counts = 0
+    k_volumes = [_volume_of(k_lo, k_hi, free)[None, :] for k_lo, k_hi in k_boxes]
     for kq, (q_lo, q_hi) in enumerate(q_boxes):
         q_volume = _volume_of(q_lo, q_hi, free)[:, None]
         for kk, (k_lo, k_hi) in enumerate(k_boxes):
-            term = q_volume * _volume_of(k_lo, k_hi, free)[None, :]
+            term = q_volume * k_volumes[kk]
             for factor in dense:
                 axes = product.factors[factor][0]
                 kinds = (factor, *(_kind(a, kq) for a in axes), *(_kind(a, kk) for a in axes))
@@ -293,16 +392,7 @@ def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | 
                     found = shared[kinds] = product.arrays(factor).pair_counts(lo, hi)  # type: ignore[union-attr]
                 term = term * found
             counts = counts + term
-    blocks = counts[1:, 1:] - counts[:-1, 1:] - counts[1:, :-1] + counts[:-1, :-1]
-    queries, keys = np.diff(q_edges)[:, None], np.diff(k_edges)[None, :]
-    present = blocks > 0
-    shape = blocks.shape
-    return (
-        len(q_edges) - 1,
-        np.broadcast_to(queries, shape)[present],
-        np.broadcast_to(keys, shape)[present],
-        (blocks == queries * keys)[present],
-    )
+    return np.broadcast_to(counts, (len(q_edges), len(k_edges)))
 
 
 def _volume_of(lo: list, hi: list, axes: list[int]) -> np.ndarray:  # type: ignore[type-arg]
