@@ -316,13 +316,15 @@ def print_results(results: list[RowResult], args: argparse.Namespace, console) -
             verdict = "[green]PASS[/green]" if met else "[red]MISS[/red]"
             console.print(f"{verdict} {result.row.title}: {text}")
     if getattr(args, "markdown", False):
-        console.print(f"load average {load:.1f}, {threads} threads", markup=False)
-        console.print(markdown_table(results), markup=False, highlight=False)
+        # Written, not printed: the console would wrap the table's long lines at its width.
+        console.file.write(f"load average {load:.1f}, {threads} threads\n")
+        console.file.write(markdown_table(results) + "\n")
 
 
 def markdown_table(results: list[RowResult]) -> str:
     """The table in Markdown, verdicts included."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    headers = [h.replace("|", "\\|") for h in HEADERS]  # a pipe would end the cell
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in results]
     for result in results:
         for text, met in result.checks or check(result):
