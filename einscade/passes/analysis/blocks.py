@@ -48,6 +48,7 @@ from einscade.passes.analysis.grid_rows import grid_row, key_tile, unevaluated
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import box_row
+from einscade.passes.analysis.lookup_regions import equal_lookup
 from einscade.passes.analysis.masks import BoundMask, Mask, Params, Sizes
 from einscade.passes.analysis.product import UNION, flat_pairs, product_mask, product_pairs
 from einscade.passes.analysis.product_rows import product_box_rows
@@ -120,6 +121,13 @@ class Classifier:
             bound.predicate, bound.query, bound.key, bound.tables, split_limit, dense_limit
         )
         self.product = product_mask(self.evaluator)
+        groups = self.evaluator.groups
+        # Documents-style masks: both regions straight from the lookup tables (same answers).
+        self.equal_lookup = (
+            equal_lookup(bound.predicate, bound.query, bound.key, bound.tables, split_limit)
+            if len(groups) == 1 and groups[0].dense is None
+            else None
+        )
         self._tiles: dict[object, dict] = {}  # type: ignore[type-arg]
 
     def layout(
@@ -210,11 +218,17 @@ class Classifier:
             if found is not None:
                 return found
         qboxes = queries.boxes(origin, shape)
-        region = self.evaluator.key_region(qboxes)
+        fast = None if self.equal_lookup is None else self.equal_lookup.regions(qboxes, refusals)
+        if fast is not None:
+            region, fail = fast
+        else:
+            region = self.evaluator.key_region(qboxes)
+            # Keys some query may refuse; without looking, every key may be.
+            fail = [self.bound.key.full_box()]
+            if region and refusals:
+                fail = self.evaluator.fail_region(qboxes)
         if not region:
             return (), 0
-        # Keys some query may refuse; without looking, every key may be.
-        fail = self.evaluator.fail_region(qboxes) if refusals else [self.bound.key.full_box()]
         if keys is None:
             return box_row(judge, self.bound.key, qboxes, region, fail, pad, split)
         return grid_row(judge, keys, qboxes, region, fail, cache), 0

@@ -132,6 +132,21 @@ class FactorArrays:
             self._pairs = _summed(self.allowed, range(2 * self.d))
         return _corner_sum(self._pairs, lo, hi)
 
+    def query_profile(self, lo: list, hi: list[np.ndarray]) -> np.ndarray:  # type: ignore[type-arg]
+        """[key summed dims..., boxes]: the pair table summed over each query box (1-D bound
+        arrays per query dim; a lower bound None is 0). A corner sum of it over key boxes
+        gives :meth:`pair_counts` of every (query box, key box) pair, with row gathers in
+        place of one gather per pair and corner."""
+        if self._pairs is None:
+            self._pairs = _summed(self.allowed, range(2 * self.d))
+        return np.ascontiguousarray(np.moveaxis(_corner_sum(self._pairs, lo, hi), 0, -1))
+
+
+def profile_counts(profile: np.ndarray, lo: list, hi: list[np.ndarray]) -> np.ndarray:  # type: ignore[type-arg]
+    """[query boxes, key boxes]: allowed pairs from a :meth:`FactorArrays.query_profile` and
+    the key boxes' bounds (1-D arrays per key dim; a lower bound None is 0)."""
+    return _corner_sum(profile, lo, hi).T
+
 
 def _volume(lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
     found = hi[0] - lo[0] + 1

@@ -30,7 +30,7 @@ import numpy as np
 
 from einscade.passes.analysis.block_layout import tile_counts
 from einscade.passes.analysis.cost import Pairs
-from einscade.passes.analysis.factor_arrays import Arrays, FactorArrays
+from einscade.passes.analysis.factor_arrays import Arrays, FactorArrays, profile_counts
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import pad_box
@@ -372,10 +372,13 @@ def _prefix_counts(product: ProductMask, q_edges: np.ndarray, k_edges: np.ndarra
     )
     # On an axis a prefix box is fixed (axes before its own), a prefix or whole (after): a
     # factor's count depends only on those kinds, so box pairs share it. Axes no conjunct
-    # reads allow every pair: their count is a product of the two boxes' volumes.
+    # reads allow every pair: their count is a product of the two boxes' volumes. A factor's
+    # table is summed over each query box once (a profile per query kind), then read per key
+    # box with row gathers.
     dense = [f for f, (_, index) in enumerate(product.factors) if index is not None]
     free = [a for axes, index in product.factors if index is None for a in axes]
     shared: dict[tuple, np.ndarray] = {}  # type: ignore[type-arg]
+    profiles: dict[tuple, np.ndarray] = {}  # type: ignore[type-arg]
     counts = 0
     k_volumes = [_volume_of(k_lo, k_hi, free)[None, :] for k_lo, k_hi in k_boxes]
     for kq, (q_lo, q_hi) in enumerate(q_boxes):
@@ -384,12 +387,17 @@ def _prefix_counts(product: ProductMask, q_edges: np.ndarray, k_edges: np.ndarra
             term = q_volume * k_volumes[kk]
             for factor in dense:
                 axes = product.factors[factor][0]
-                kinds = (factor, *(_kind(a, kq) for a in axes), *(_kind(a, kk) for a in axes))
+                q_kinds = (factor, *(_kind(a, kq) for a in axes))
+                kinds = (*q_kinds, *(_kind(a, kk) for a in axes))
                 found = shared.get(kinds)
                 if found is None:
-                    lo = [_column(q_lo[a]) for a in axes] + [_row(k_lo[a]) for a in axes]
-                    hi = [q_hi[a][:, None] for a in axes] + [k_hi[a][None, :] for a in axes]
-                    found = shared[kinds] = product.arrays(factor).pair_counts(lo, hi)  # type: ignore[union-attr]
+                    profile = profiles.get(q_kinds)
+                    if profile is None:
+                        arrays = product.arrays(factor)
+                        lo, hi = [q_lo[a] for a in axes], [q_hi[a] for a in axes]
+                        profile = profiles[q_kinds] = arrays.query_profile(lo, hi)  # type: ignore[union-attr]
+                    lo, hi = [k_lo[a] for a in axes], [k_hi[a] for a in axes]
+                    found = shared[kinds] = profile_counts(profile, lo, hi)
                 term = term * found
             counts = counts + term
     return np.broadcast_to(counts, (len(q_edges), len(k_edges)))
@@ -406,14 +414,6 @@ def _volume_of(lo: list, hi: list, axes: list[int]) -> np.ndarray:  # type: igno
 def _kind(axis: int, box: int) -> int:
     """How prefix box ``box`` spans ``axis``: fixed (-1), a prefix (0) or whole (1)."""
     return (axis > box) - (axis < box)
-
-
-def _column(lo):  # type: ignore[no-untyped-def]
-    return None if lo is None else lo[:, None]
-
-
-def _row(lo):  # type: ignore[no-untyped-def]
-    return None if lo is None else lo[None, :]
 
 
 def _prefix_boxes(edges: np.ndarray, extents: tuple[int, ...]):  # type: ignore[no-untyped-def]
