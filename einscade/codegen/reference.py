@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from einscade.codegen.bind import Binding, bind
-from einscade.codegen.torch_ops import TORCH_BINARY, TORCH_UNARY
+from einscade.codegen.torch_ops import TORCH_BINARY, TORCH_UNARY, all_of
 from einscade.ir import ops
 from einscade.ir.cascade import Cascade, Einsum, Iterate, size_symbol
 from einscade.ir.errors import BindError
@@ -38,15 +38,6 @@ class Stored:
 
 
 Presence = tuple[torch.Tensor, ...]  # conditions that must all hold; () = everywhere
-
-
-def _all(conditions: Presence) -> torch.Tensor | None:
-    if not conditions:
-        return None
-    result = conditions[0]
-    for condition in conditions[1:]:
-        result = result & condition
-    return result
 
 
 def _split(conditions: Presence, reduced: tuple[int, ...]) -> tuple[Presence, Presence]:
@@ -179,7 +170,7 @@ class _Executor:
             if not pa and not pb:
                 return value, pc
             yes = torch.ones((), dtype=torch.bool)
-            chosen = torch.where(condition, _all(pa) if pa else yes, _all(pb) if pb else yes)
+            chosen = torch.where(condition, all_of(pa) if pa else yes, all_of(pb) if pb else yes)
             return value, pc + (chosen,)
         raise BindError(f"unknown function {fn!r}")
 
@@ -198,13 +189,13 @@ class _Executor:
         if stmt.reduce is not None:
             reduced = tuple(range(kept, len(ranks)))
             present, fiber = _split(present, reduced)
-            in_fiber = _all(fiber)
+            in_fiber = all_of(fiber)
             if in_fiber is not None:
                 identity = torch.tensor(ops.REDUCTIONS[stmt.reduce.op], dtype=value.dtype)
                 value = torch.where(in_fiber.expand(space.shape), value, identity)
             value = _reduce(stmt.reduce.op, value, reduced)
         out_shape = space.shape[:kept]
-        mask = _all(present)
+        mask = all_of(present)
         if mask is not None:
             mask = mask.reshape(mask.shape[:kept]) if mask.dim() > kept else mask
             mask = mask.expand(out_shape)

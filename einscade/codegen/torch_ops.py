@@ -36,3 +36,14 @@ TORCH_BINARY = {
     "and": lambda a, b: torch.as_tensor(a) & torch.as_tensor(b),
     "or": lambda a, b: torch.as_tensor(a) | torch.as_tensor(b),
 }
+
+
+def all_of(conditions) -> torch.Tensor | None:  # type: ignore[no-untyped-def]
+    """The conjunction of boolean tensors (None for none): presence conditions that must all
+    hold, shared by the reference executor and the torch lowering."""
+    if not conditions:
+        return None
+    result = conditions[0]
+    for condition in conditions[1:]:
+        result = result & condition
+    return result

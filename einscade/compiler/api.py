@@ -26,7 +26,7 @@ import torch
 
 from einscade.codegen.torch_lowering import CallStats, TorchProgram
 from einscade.codegen.torch_lowering.program import warn_once
-from einscade.ir.cascade import Cascade
+from einscade.ir.cascade import Cascade, size_symbol
 from einscade.ir.errors import EinscadeError
 
 TARGETS = ("torch", "triton")
@@ -44,6 +44,8 @@ class Compiled:
     options: dict[str, object]
     program: TorchProgram | None = None
     _kernels: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
+    # head size symbol -> (input tensor, dim) it is read from; found on the first call
+    _head_places: dict[str, tuple[str, int]] | None = field(default=None, repr=False)
 
     def __call__(self, **arguments: object):  # type: ignore[no-untyped-def]
         if self.program is not None:
@@ -92,15 +94,21 @@ class Compiled:
 
     def _head_dims(self, dtype: torch.dtype, arguments: dict[str, object]) -> dict[str, int]:
         """The head sizes (E, F, ...) of this call, read off the inputs' shapes: the kernel's
-        tiles, warps and stages are chosen for them."""
-        from einscade.codegen.bind import bind
-
-        tensors = {k: v for k, v in arguments.items() if isinstance(v, torch.Tensor)}
-        extra = {k: v for k, v in arguments.items() if not isinstance(v, torch.Tensor)}
-        sizes = bind(self.cascade, tensors, extra).sizes
-        probe = self.kernel(dtype)  # which sizes the kernel pads as head dims
-        heads = (a.name for a in probe.source.args if a.role == "head")
-        return {name: sizes[name] for name in heads if name in sizes}
+        tiles, warps and stages are chosen for them. Where each lives is found once."""
+        if self._head_places is None:
+            probe = self.kernel(dtype)  # which sizes the kernel pads as head dims
+            heads = {a.name for a in probe.source.args if a.role == "head"}
+            places = {}
+            for decl in self.cascade.inputs:
+                for dim, rank in enumerate(decl.ranks):
+                    places.setdefault(size_symbol(rank), (decl.name, dim))
+            self._head_places = {h: places[h] for h in sorted(heads) if h in places}
+        found = {}
+        for symbol, (name, dim) in self._head_places.items():
+            tensor = arguments.get(name)
+            if isinstance(tensor, torch.Tensor):
+                found[symbol] = tensor.shape[dim]
+        return found
 
 
 def compile(cascade: Cascade, target: str = "torch", **options: object) -> Compiled:  # noqa: A001

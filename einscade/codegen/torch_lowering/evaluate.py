@@ -110,13 +110,3 @@ def _integral(value: Value) -> bool:
     if isinstance(value, torch.Tensor):
         return not value.is_floating_point()
     return isinstance(value, int)
-
-
-def all_of(conditions: list[torch.Tensor]) -> torch.Tensor | None:
-    """The conjunction of boolean tensors (None for none)."""
-    if not conditions:
-        return None
-    result = conditions[0]
-    for condition in conditions[1:]:
-        result = result & condition
-    return result

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from einscade.codegen.torch_lowering.evaluate import Evaluator, all_of, coordinates
+from einscade.codegen.torch_lowering.evaluate import Evaluator, coordinates
+from einscade.codegen.torch_ops import all_of
 from einscade.passes.analysis.blocks import BlockLayout, classify
 from einscade.passes.analysis.masks import BoundMask, Mask
 

@@ -13,9 +13,10 @@ import torch
 
 from einscade.codegen.bind import Binding
 from einscade.codegen.torch_lowering.canonical import batch_coordinates
-from einscade.codegen.torch_lowering.evaluate import Evaluator, all_of, coordinates
+from einscade.codegen.torch_lowering.evaluate import Evaluator, coordinates
 from einscade.codegen.torch_lowering.execute import Chunk
 from einscade.codegen.torch_lowering.recognize import SoftmaxForm
+from einscade.codegen.torch_ops import all_of
 from einscade.ir.cascade import Cascade, size_symbol
 from einscade.ir.expr import Access, Expr, Name, map_expr
 from einscade.ir.scope import Scope
