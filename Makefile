@@ -19,6 +19,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PIP_FLAGS := --quiet --no-input --disable-pip-version-check --progress-bar off
 STAMP := $(VENV)/.stamp
+NATIVE_STAMP := $(VENV)/.native-stamp
+NATIVE_SOURCE := einscade/codegen/native/attend.cpp
 
 TORCH_VERSION := 2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
@@ -38,7 +40,7 @@ LINT_PATHS := einscade tests examples
 
 .PHONY: venv extras demo test test-timm test-slow lint format clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE_STAMP)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -63,6 +65,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	fi
 	@echo ">> installing einscade (editable) with test extras"
 	$(PIP) install $(PIP_FLAGS) -e '.[test]' "$(TRITON_SPEC)"
+	@touch $@
+
+# The torch target's native CPU kernel, compiled for this machine into the einscade cache
+# ahead of time, so that no first call compiles (without a C++ compiler it says so and the
+# torch target uses its matmul kernel).
+$(NATIVE_STAMP): $(NATIVE_SOURCE) $(STAMP)
+	$(BIN)/python -m einscade.codegen.native
 	@touch $@
 
 extras: $(EXTRAS)/.stamp

@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (default: leave torch's setting)"
     )
-    parser.add_argument("--kernel", default="auto", choices=("auto", "fused", "matmul"),
+    parser.add_argument("--kernel", default="auto", choices=("auto", "native", "matmul"),
                         help="our per-chunk kernel (the torch target's kernel option)")  # fmt: skip
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as Markdown (docs/performance.md)")  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,13 @@ CACHE_DIR = Knob(
     "EINSCADE_CACHE_DIR", "", "where generated kernels are cached (default: ~/.cache/einscade)"
 )
 
-ALL: tuple[Knob, ...] = (DEBUG, DUMP_DIR, CACHE_DIR)
+NATIVE = Knob(
+    "EINSCADE_NATIVE",
+    "1",
+    "0: the torch target never uses the native C++ CPU kernel (einscade/codegen/native)",
+)
+
+ALL: tuple[Knob, ...] = (DEBUG, DUMP_DIR, CACHE_DIR, NATIVE)
 
 
 def debug_level() -> int:
@@ -51,3 +58,12 @@ def dump_dir() -> str | None:
 
 def cache_dir() -> str | None:
     return CACHE_DIR.get() or None
+
+
+def cache_root() -> Path:
+    """The root of every on-disk cache: ``EINSCADE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/einscade`` (``~/.cache/einscade``)."""
+    configured = cache_dir()
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "einscade"

@@ -1,12 +1,8 @@
 """The hot path: run a plan's tile groups, chunk by chunk.
 
-For a chunk of a group's tiles (the chunk bounds the working set), one of two kernels
-(:class:`Kernel`, chosen per program):
-
-- *fused* (the score map is only a scale): torch's CPU flash attention on the tiles,
-  ``sdpa(Q_tiles, K_tiles, V_tiles, mask, scale)`` (:mod:`.fused`); the scores never
-  reach memory.
-- *three steps* (soft-capping, a bias tensor, ALiBi, ...)::
+For a chunk of a group's tiles (the chunk bounds the working set), three steps (the
+matmul kernel; a score map that is only a scale runs in the native kernel instead,
+:mod:`einscade.codegen.native`, where it is built)::
 
     S = baddbmm(bias, Q_tiles, K_tiles^T, alpha=scale)   # the mask rides on the GEMM's C
     S = score map(S); softmax(S)                         # in place, per query tile
@@ -37,7 +33,6 @@ from functools import partial
 import torch
 
 from einscade.codegen.torch_lowering import workspace
-from einscade.codegen.torch_lowering.fused import attend_fused
 from einscade.codegen.torch_lowering.plan import Plan, TileGroup
 from einscade.codegen.torch_lowering.workers import run as workers_run
 
@@ -67,21 +62,11 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
-    """How a chunk computes ``softmax(map(scale * Q K^T) + mask) V``: ``fused`` (torch's
-    CPU flash attention, for a score map that is only the scale: ``score_map`` None) or
-    in three steps (matmul; score map, mask and softmax on the scores; matmul)."""
+    """How a chunk computes ``softmax(map(scale * Q K^T) + mask) V``: matmul, then the
+    score map (None: only the scale), mask and softmax on the scores, then matmul."""
 
     scale: float
     score_map: ScoreMap | None = None
-    fused: bool = False
-
-    def __post_init__(self) -> None:
-        if self.fused and self.score_map is not None:
-            raise ValueError("torch lowering: the fused kernel applies no score map")
-
-    def bias(self, group: TileGroup, dtype: torch.dtype, heads: int) -> torch.Tensor | None:
-        """The group's mask as this kernel takes it (see :meth:`TileGroup.row_bias`)."""
-        return group.row_bias(dtype, heads) if self.fused else group.bias(dtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +147,8 @@ def _fusable(group: TileGroup, bias, heads: int, score_map) -> bool:  # type: ig
 def _attend(queries, keys, values, out, bias, kernel: Kernel, chunk: Chunk, heads: int) -> None:  # type: ignore[no-untyped-def]
     """``out = softmax(score map(scale * Q K^T) + bias) @ V`` for a batch of tiles; the
     bias covers the group's masked columns and broadcasts over heads (and tiles when it
-    is shared). The fused kernel takes its bias whole (:meth:`Kernel.bias`)."""
+    is shared)."""
     group = chunk.group
-    if kernel.fused:
-        if bias is not None and bias.shape[0] > 1:
-            bias = bias[chunk.t0 : chunk.t1]
-        attend_fused(queries, keys, values, out, bias, kernel.scale)
-        return
     score_map = kernel.score_map
     fused = _fusable(group, bias, heads, score_map)
     scores = _scores(queries, keys, bias, kernel.scale, fused)
@@ -188,7 +168,7 @@ def _all_heads(problem: Problem, group: TileGroup, kernel: Kernel, budget: int):
     kv_heads, heads = problem.k.shape[0], problem.heads
     rows = heads * group.query_size
     step = max(1, budget // (rows * group.key_count * kv_heads))
-    bias = kernel.bias(group, problem.q.dtype, heads)
+    bias = group.bias(problem.q.dtype)
     tasks = []
     for t0 in range(0, group.num_tiles, step):
         t1 = min(t0 + step, group.num_tiles)
@@ -227,7 +207,7 @@ def _flat_window(problem: Problem, group: TileGroup, kernel: Kernel, budget: int
     first = group.query_start // size  # type: ignore[operator]
     base = start - first * step  # key token of flat tile 0
     last = (problem.k.shape[0] - 1) * per_head + first + group.num_tiles  # past the last tile
-    bias = kernel.bias(group, problem.q.dtype, 1)
+    bias = group.bias(problem.q.dtype)
     tiles = max(1, budget // (size * length))
     return [
         partial(_flat_chunk, problem, group, n0, min(n0 + tiles, last), base, bias, kernel)
@@ -257,7 +237,7 @@ def _per_head(problem: Problem, group: TileGroup, kernel: Kernel, budget: int): 
     """Tasks over (key head, chunk of tiles): K and V tiles are strided views (no copy)."""
     rows = problem.heads * group.query_size
     step = max(1, budget // (rows * group.key_count))
-    bias = kernel.bias(group, problem.q.dtype, problem.heads)
+    bias = group.bias(problem.q.dtype)
     tasks = []
     for kv in range(problem.k.shape[0]):
         for t0 in range(0, group.num_tiles, step):

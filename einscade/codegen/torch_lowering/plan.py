@@ -167,21 +167,6 @@ class TileGroup:
                 self._cache[dtype] = bias.masked_fill_(~self.allowed, float("-inf"))
         return self._cache[dtype]  # type: ignore[return-value]
 
-    def row_bias(self, dtype: torch.dtype, heads: int) -> torch.Tensor | None:
-        """The bias over all ``Lk`` key columns (0 on the full prefix) with its rows
-        repeated for ``heads`` stacked query heads: ``[T or 1, heads * Tq, Lk]``, the
-        attention mask of the fused kernel (cached per dtype and heads)."""
-        bias = self.bias(dtype)
-        if bias is None:
-            return None
-        key = ("rows", dtype, heads)
-        if key not in self._cache:
-            with torch.inference_mode(False):
-                prefix = bias.new_zeros(bias.shape[0], bias.shape[1], self.mask_from)
-                full = torch.cat([prefix, bias], dim=-1) if self.mask_from else bias
-                self._cache[key] = full.repeat(1, heads, 1) if heads > 1 else full
-        return self._cache[key]  # type: ignore[return-value]
-
     def flat_indices(
         self, kv_heads: int, heads: int, tokens: int, keys: int, t0: int, t1: int
     ) -> tuple[torch.Tensor, torch.Tensor]:

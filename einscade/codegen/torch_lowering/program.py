@@ -21,16 +21,14 @@ from dataclasses import dataclass
 import torch
 
 from einscade.codegen.bind import Binding, bind, eval_scalar
+from einscade.codegen.native.attend import attend_plan
+from einscade.codegen.native.attend import available as native_available
+from einscade.codegen.native.library import unavailable_reason
 from einscade.codegen.reference import reference
 from einscade.codegen.torch_lowering.canonical import Canonical, batch_coordinates, canonicalise
 from einscade.codegen.torch_lowering.execute import DEFAULT_BUDGET, Kernel, run_plan
 from einscade.codegen.torch_lowering.plan import Plan, build_plan, pick_layout
-from einscade.codegen.torch_lowering.recognize import (
-    SoftmaxForm,
-    Unsupported,
-    fused_kernel,
-    recognize,
-)
+from einscade.codegen.torch_lowering.recognize import SoftmaxForm, Unsupported, recognize
 from einscade.codegen.torch_lowering.scores import ScoreMapEvaluator
 from einscade.ir.cascade import Cascade
 from einscade.ir.expr import names
@@ -67,11 +65,11 @@ class TorchProgram:
     ``options``: ``layout`` ("cost": the cost model's choice, the default; "rule"),
     ``query_tile``, ``key_mode``, ``key_tile``, ``pad`` (overrides, see :func:`pick_layout`),
     ``budget`` (score elements per chunk, default 2**19), ``workers`` (threads running
-    chunks, default ``torch.get_num_threads()``) and ``kernel`` ("auto" or "matmul": the
-    three-step kernel; "fused": torch's CPU flash attention per chunk where the score map
-    is a scale, see :func:`fused_kernel`, else the three-step kernel). On tiles of 64
-    queries the flash kernel measured no faster than the three-step one (torch 2.13,
-    AVX-512), hence "auto". ``kernel_reason`` says which kernel runs and why; ``stats``
+    chunks, default ``torch.get_num_threads()``) and ``kernel``: "auto" (the native C++
+    kernel, :mod:`einscade.codegen.native`, where the score map is a scale and the compute
+    dtype float32, else "matmul"), "native" (the same), "matmul" (batched matmul, score
+    map and softmax per chunk of tiles). ``kernel_reason`` says which kernel runs and why
+    (a native kernel that cannot be built falls back to "matmul"); ``stats``
     describes the last call. Calls run without autograd: inputs that require grad are
     refused (the lowering is an inference path).
     """
@@ -96,7 +94,7 @@ class TorchProgram:
             self.reason = ""
         except Unsupported as why:
             self.form, self.mask, self.reason = None, None, str(why)
-        self.fused, self.kernel_reason = _kernel(self.form, kernel)  # type: ignore[arg-type]
+        self.kernel, self.kernel_reason = _kernel(self.form, kernel)  # type: ignore[arg-type]
         self._predicate_names = set()
         if self.mask is not None and self.mask.predicate is not None:
             self._predicate_names = names(self.mask.predicate)
@@ -144,24 +142,31 @@ class TorchProgram:
 
     def _run(self, binding: Binding, canonical: Canonical, tensors) -> torch.Tensor:  # type: ignore[no-untyped-def]
         assert self.form is not None and self.mask is not None
-        self.stats = CallStats(kernel="fused" if self.fused else "matmul")
+        native = self.kernel == "native" and canonical.q.dtype == torch.float32
+        self.stats = CallStats(kernel="native" if native else "matmul")
         scale = self._scale(binding)
         lookups = {d.name: tensors[d.name] for d in self.mask.lookups}
         out = torch.empty(canonical.out_shape, dtype=canonical.q.dtype)
         for at, heads in self._assignments(binding, lookups):
             plan = self.plan(binding, lookups, at)
-            problem = canonical.problem(heads, out)
-            kernel = Kernel(scale, None, True)
-            if not self.fused:
-                score_map = None
-                if self.form.linear_scale is None:
-                    score_map = ScoreMapEvaluator(self.form, self.cascade, binding, tensors,
-                                                  heads)  # fmt: skip
-                kernel = Kernel(scale, score_map)
-            run_plan(plan, problem.problem, kernel, self.budget, self.workers)
-            problem.finish(out)
+            sub = canonical.problem(heads, out)
+            problem = sub.problem
+            if native:
+                attend_plan(plan, problem.q, problem.k, problem.v, problem.out, scale,
+                            self.workers)  # fmt: skip
+            else:
+                run_plan(plan, problem, self._matmul_kernel(scale, binding, tensors, heads),
+                         self.budget, self.workers)  # fmt: skip
+            sub.finish(out)
             self._count(plan, len(heads))
         return out
+
+    def _matmul_kernel(self, scale: float, binding: Binding, tensors, heads) -> Kernel:  # type: ignore[no-untyped-def]
+        assert self.form is not None
+        if self.form.linear_scale is not None:
+            return Kernel(scale)
+        score_map = ScoreMapEvaluator(self.form, self.cascade, binding, tensors, heads)
+        return Kernel(scale, score_map)
 
     def _scale(self, binding: Binding) -> float:
         """The scale folded into the matmul: every scalar factor when the score map only
@@ -219,16 +224,22 @@ class TorchProgram:
 
 
 _LAYOUT_KEYS = ("query_tile", "key_mode", "key_tile", "pad", "layout")
-KERNELS = ("auto", "fused", "matmul")
+KERNELS = ("auto", "native", "matmul")
 
 
-def _kernel(form: SoftmaxForm | None, asked: str) -> tuple[bool, str]:
-    """(whether chunks run the fused kernel, why)."""
+def _kernel(form: SoftmaxForm | None, asked: str) -> tuple[str, str]:
+    """(the kernel calls run: "native", "matmul" or "dense", why)."""
     if form is None:
-        return False, "dense fallback"
-    if asked != "fused":
-        return False, f"kernel={asked!r}: matmul, score map and softmax per chunk"
-    return fused_kernel(form)
+        return "dense", "dense fallback"
+    if asked == "matmul":
+        return "matmul", "kernel='matmul': matmul, score map and softmax per chunk"
+    if form.linear_scale is None:
+        maps = ", ".join(s.target for s in form.score_maps)
+        return "matmul", f"the score map ({maps}) is not a scale: matmul, map and softmax"
+    if not native_available():
+        return "matmul", f"{unavailable_reason()}: matmul and softmax per chunk"
+    return "native", ("the score map is a scale: the native kernel (online softmax per "
+                      "query tile; float64 inputs run the matmul kernel)")  # fmt: skip
 
 
 def _refuse_grad(cascade: str, tensors: dict[str, torch.Tensor]) -> None:

@@ -116,16 +116,6 @@ def _form(scope, qk, maps, v_read, av, key_rank, row_ranks, score_ranks) -> Soft
     )  # fmt: skip
 
 
-def fused_kernel(form: SoftmaxForm) -> tuple[bool, str]:
-    """Whether the fused kernel (torch's flash attention per tile) computes ``form``'s
-    scores, and why: it applies ``scale * Q K^T`` plus the mask and nothing else, so
-    the score map must be a scale (:attr:`SoftmaxForm.linear_scale`)."""
-    if form.linear_scale is not None:
-        return True, "the score map is a scale: fused flash attention per tile"
-    maps = ", ".join(s.target for s in form.score_maps)
-    return False, f"the score map ({maps}) is not a scale: matmul, map and softmax per tile"
-
-
 def _linear_scale(scope: Scope, qk: Einsum, maps, factors: list[Expr]) -> tuple[Expr, ...] | None:  # type: ignore[no-untyped-def]
     """The scalar factors of a score map that only rescales (``S = QK * scale``)."""
     total = list(factors)

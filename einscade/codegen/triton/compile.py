@@ -46,15 +46,11 @@ _MODULES: dict[tuple[Path, bool], ModuleType] = {}
 
 
 def default_cache_dir() -> Path:
-    """Where generated kernel files live: ``EINSCADE_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/einscade/triton``."""
+    """Where generated kernel files live: ``<cache root>/triton`` (see
+    :func:`einscade.compiler.knobs.cache_root`)."""
     from einscade.compiler import knobs
 
-    configured = knobs.cache_dir()
-    if configured:
-        return Path(configured) / "triton"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "einscade" / "triton"
+    return knobs.cache_root() / "triton"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def _tensors() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("kernel", ["matmul", "fused"])
+@pytest.mark.parametrize("kernel", ["matmul", "native"])
 @pytest.mark.parametrize(
     "first, then",
     [("inference", "plain"), ("inference", "no_grad"), ("plain", "inference"),

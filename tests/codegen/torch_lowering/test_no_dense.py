@@ -43,7 +43,7 @@ def _largest(program: TorchProgram, **tensors: torch.Tensor) -> tuple[int, str]:
     return mode.largest, mode.operation
 
 
-@pytest.mark.parametrize("kernel", ["auto", "fused"])
+@pytest.mark.parametrize("kernel", ["native", "matmul"])
 def test_neighborhood_64x64_never_allocates_n_by_n(kernel: str) -> None:
     grid, n = (64, 64), 64 * 64
     cascade = neighborhood_attention(grid=grid, kernel=(7, 7))
