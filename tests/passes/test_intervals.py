@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from einscade.ir import parse_expr
-from einscade.ir.expr import Access, Binary, Call, Name, Num, Unary
+from einscade.ir.expr import Access, Binary, Call, Name, Num, Unary, names, walk
 from einscade.passes.analysis.dense_groups import DENSE_LIMIT
 from einscade.passes.analysis.intervals import (
     FALSE,
@@ -322,3 +322,22 @@ def test_merged_boxes_cover_the_union(boxes) -> None:
     for box in boxes:
         for x, y in itertools.product(_points(box[0]), _points(box[1])):
             assert any(m[0].lo <= x <= m[0].hi and m[1].lo <= y <= m[1].hi for m in merged)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["px % 2 == mx % 2 and abs(py - my) <= 3", "doc[b, m] == doc[b, p] and m <= p",
+     "max(0, min(px // 2 * 2 - 3, 7)) <= mx or not (m < 4)", "-(p - 2 * m) > 1"],
+)  # fmt: skip
+def test_names_equals_the_ir_walk(text: str) -> None:
+    expr = parse_expr(text)
+    assert names(expr) == {n.id for n in walk(expr) if isinstance(n, Name)}
+
+
+def test_masks_keep_the_names_their_predicate_reads() -> None:
+    from einscade.frontends.local import neighborhood_attention
+    from einscade.passes.analysis.masks import attention_mask
+
+    mask = attention_mask(neighborhood_attention((8, 8), 3, dilation=2))
+    assert mask.predicate is not None
+    assert mask.predicate_names == frozenset(names(mask.predicate))

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from einscade.frontends.local import halo_attention, maxvit_attention, neighborhood_attention
+from einscade.passes.analysis import product as product_module
 from einscade.passes.analysis.block_layout import KeyTile
 from einscade.passes.analysis.blocks import Classifier
 from einscade.passes.analysis.cost import Heads, layout_cost, pairs_costs, rows_cost
@@ -27,6 +28,8 @@ from einscade.passes.analysis.product import (
     _factor_pairs,
     _factor_pairs_by_tile,
     flat_pairs,
+    kinds,
+    product_pairs,
 )
 from einscade.passes.analysis.product_rows import product_box_rows
 from einscade.passes.analysis.tilings import aligned_box, make_tiling
@@ -43,8 +46,14 @@ def _classifiers(bound):  # type: ignore[no-untyped-def]
     return [c for c in found if c.product is not None]
 
 
-def _multiset(queries, keys, full) -> Counter:  # type: ignore[no-untyped-def]
-    return Counter(zip(queries.tolist(), keys.tolist(), full.tolist(), strict=True))
+def _multiset(queries, keys, full, counts=None) -> Counter:  # type: ignore[no-untyped-def]
+    """(query size, key size, full) of visited tiles, each kind ``counts`` times (once)."""
+    found: Counter = Counter()
+    many = [1] * len(queries) if counts is None else counts.tolist()
+    tiles = zip(queries.tolist(), keys.tolist(), full.tolist(), strict=True)
+    for kind, count in zip(tiles, many, strict=True):
+        found[kind] += count
+    return found
 
 
 @given(masks(), st.data())
@@ -64,6 +73,8 @@ def test_factor_arrays_equal_the_per_tile_answers(found, data) -> None:  # type:
         assert (arrays is None) == (by_tile is None)
         if arrays is not None:
             assert _multiset(*arrays) == _multiset(*by_tile)
+            distinct = set(zip(*(a.tolist() for a in arrays[:3]), strict=True))
+            assert len(distinct) == len(arrays[0])  # kinds: each once
 
 
 @given(masks(), st.data())
@@ -118,11 +129,38 @@ def test_pairs_costs_equal_rows_cost(tiles) -> None:  # type: ignore[no-untyped-
     ]
     if not tiles:
         arrays = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)]
-    pairs = (len(tiles), *arrays)
+    pairs = (len(tiles), *kinds(*arrays))
     (found,) = pairs_costs([pairs], query_tokens=tokens, key_tokens=tokens, heads=heads)
     assert found.computed_elements == expected.computed_elements
     assert found.partial_tiles == expected.partial_tiles
     assert found.time == pytest.approx(expected.time, rel=1e-9)
+
+
+@given(masks(), st.data())
+@SETTINGS
+def test_kind_combinations_in_numpy_equal_those_in_python(found, data) -> None:  # type: ignore[no-untyped-def]
+    """Many kinds are combined with numpy outer products: the same tiles as in Python."""
+    for classifier in _classifiers(found[0]):
+        tile = tuple(data.draw(st.integers(1, n)) for n in classifier.bound.query.extents)
+        key_tile = data.draw(st.one_of(st.none(), st.just(tile)))
+        python = product_pairs(classifier.product, tile, key_tile, 4)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(product_module, "PYTHON_COMBINATIONS", 0)
+            numpy = product_pairs(classifier.product, tile, key_tile, 4)
+        assert (python is None) == (numpy is None)
+        if python is not None:
+            assert python[0] == numpy[0]
+            assert _multiset(*python[1:]) == _multiset(*numpy[1:])
+
+
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(1, 300), st.booleans()), max_size=40))
+@settings(deadline=None, max_examples=50)
+def test_kinds_count_every_tile_once(tiles) -> None:  # type: ignore[no-untyped-def]
+    columns = [np.array([t[i] for t in tiles], dtype) for i, dtype in enumerate((int, int, bool))]
+    queries, keys, full, counts = kinds(*columns)
+    assert _multiset(queries, keys, full, counts) == Counter(tiles)
+    distinct = set(zip(queries.tolist(), keys.tolist(), full.tolist(), strict=True))
+    assert len(distinct) == len(queries)
 
 
 @pytest.mark.parametrize(

@@ -193,7 +193,8 @@ def rows_cost(
     return _cost(sums, query_tokens, key_tokens, heads, hw, useful_elements, permuted_tokens, scale)
 
 
-Pairs = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # query tiles; queries, keys, full
+# Query tiles; visited tiles by kind: query size, key size, full, and how many of that kind.
+Pairs = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def pairs_costs(
@@ -206,9 +207,10 @@ def pairs_costs(
     permuted_tokens: list[int] | None = None,
 ) -> list[LayoutCost]:
     """:func:`rows_cost` of whole layouts, each (``query_tiles`` tiles covering
-    ``query_tokens``) given as arrays over its visited tiles: the query tile's size, the key
-    tile's size and whether it is full. The same sums, for every layout with one pass of array
-    operations (a layout's sums are segment sums) instead of a loop over rows."""
+    ``query_tokens``) given as its visited tiles' kinds: arrays of the query tile's size, the
+    key tile's size, whether it is full, and how many tiles are of that kind. The same sums,
+    for every layout with one pass of array operations (a layout's sums are segment sums)
+    instead of a loop over rows."""
     if not layouts:
         return []
     hw, g = hardware, hardware.granularity
@@ -216,8 +218,7 @@ def pairs_costs(
     flops_per_element = 2.0 * (heads.qk_dim + heads.v_dim)
     sizes = [len(pairs[1]) for pairs in layouts]
     segment = np.repeat(np.arange(len(layouts)), sizes)
-    queries, keys = np.concatenate([p[1] for p in layouts]), np.concatenate([p[2] for p in layouts])
-    full = np.concatenate([p[3] for p in layouts])
+    queries, keys, full, counts = (np.concatenate([p[i] for p in layouts]) for i in range(1, 5))
     q, k = -(-queries // g) * g, -(-keys // g) * g
     elements = q * k
     compute = elements * (flops_per_element / hw.peak_flops + 1.0 / hw.exp_rate)
@@ -225,22 +226,21 @@ def pairs_costs(
     time = np.maximum(compute, keys * (per_key / hw.l2_bandwidth)) + np.where(
         partial, hw.mask_fraction * compute, 0.0
     )
-
-    def total(weights):  # type: ignore[no-untyped-def]
-        return np.bincount(segment, weights=weights, minlength=len(layouts)).tolist()
-
-    columns = zip(
-        total(full), total(elements), total(queries * keys), total(elements * partial),
-        total(-(-k // hw.key_chunk)), total(keys), total(compute), total(time), strict=True,
-    )  # fmt: skip
+    # One weighted segment sum per column: [columns, kinds] rows, each times the kind's count.
+    columns = np.stack([
+        full, elements, queries * keys, elements * partial, -(-k // hw.key_chunk), keys,
+        compute, time, np.ones_like(keys),
+    ]) * counts  # fmt: skip
+    sums_by_layout = np.zeros((len(layouts), len(columns)))
+    np.add.at(sums_by_layout, segment, columns.T)
     found = []
-    for n, pairs, column in zip(sizes, layouts, columns, strict=True):
+    for pairs, column in zip(layouts, sums_by_layout.tolist(), strict=True):
         sums = _Sums()
-        full_tiles, computed, layout, partial_elements, iterations, key_sum, comp, tile = column
+        full_tiles, computed, layout, partial_elements, iterations, key_sum, comp, tile, n = column
         sums.query_tiles, sums.full, sums.partial = (
             pairs[0],
             round(full_tiles),
-            n - round(full_tiles),
+            round(n) - round(full_tiles),
         )
         sums.computed, sums.layout = round(computed), round(layout)
         sums.partial_elements, sums.iterations = round(partial_elements), round(iterations)

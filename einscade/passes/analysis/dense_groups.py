@@ -23,7 +23,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, names
-from einscade.passes.analysis.interval_core import FALSE, TRUE, UNKNOWN, Box, Interval, merge_boxes
+from einscade.passes.analysis.interval_core import (
+    FALSE,
+    TRUE,
+    UNKNOWN,
+    Box,
+    Interval,
+    merge_boxes,
+)
 from einscade.passes.analysis.masks import Axes, LookupTable
 
 DENSE_LIMIT = 1 << 16  # table entries at most (64 KiB of booleans)

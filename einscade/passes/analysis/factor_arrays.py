@@ -1,130 +1,125 @@
-"""Answers for every factor tile of a product mask at once, from summed-area tables.
+"""Answers for every factor tile of a product mask at once, by counting allowed pairs.
 
 A factor with a dense truth table (dense_groups.py) over its axes (the same ``d`` axes on the
-query and the key side) answers box questions by counting: the number of allowed pairs in a
-(query box, key box) is an inclusion-exclusion over ``2 ** (2 d)`` corners of the table's
-summed-area table, for any number of boxes in one gather per corner. Zero pairs is FALSE,
-all of them TRUE. The keys allowed by some query of a query box are the nonzero entries of
-the query-side summed table's ``2 ** d`` corner sum. Both are exact, and they agree with the
-per-tile answers of :class:`~einscade.passes.analysis.product.ProductMask` (tested), which
-the final classification uses; these arrays only feed the cost of a candidate tiling.
+query and the key side) answers box questions by counting: zero allowed pairs in a (query
+box, key box) is FALSE, all of them TRUE, and the keys allowed by some query of a query box
+are those whose count over the box is nonzero. For a whole tiling of the factor's axes
+(query tiles of fixed extents, tails clipped) the counts are block sums: the table cut into
+its blocks by one reshape and each block summed
+(:meth:`FactorArrays.tiled_grid`, :meth:`FactorArrays.tiled_box`): one array operation per
+tiling, where corner gathers would cost ``2 ** (2 d)`` indexed reads per (query box, key
+tile) pair, and the layout search asks for a few dozen tilings per mask. Arbitrary boxes
+(the prefix boxes of row-major token ranges, product.py) are counted from summed-area
+tables by inclusion and exclusion of their corners (:meth:`FactorArrays.pair_counts`,
+:meth:`FactorArrays.query_profile`).
+
+All of it is exact and agrees with the per-tile answers of
+:class:`~einscade.passes.analysis.product.ProductMask` (tested), which the final
+classification uses; these arrays feed the cost of candidate tilings.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # queries, keys, full per (tile, key part)
+# Visited tiles by kind: query size, key size, full, and how many tiles of that kind.
+Kinds = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class FactorArrays:
-    """Summed-area tables of one factor's dense table (``allowed``: query dims, then key
-    dims, ``d`` each), built on first use."""
+    """Counts over one factor's dense table (``allowed``: query dims, then key dims, ``d``
+    each); its summed-area table is built on first use."""
 
     def __init__(self, allowed: np.ndarray):
         self.allowed = allowed
         self.d = allowed.ndim // 2
         self.extents = allowed.shape[self.d :]
         self._pairs: np.ndarray | None = None  # summed over all dims
-        self._queries: np.ndarray | None = None  # summed over the query dims
+        self._counts: np.ndarray | None = None  # the table as integers
+        self._tilings: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def box_mode(self, qlo: np.ndarray, qhi: np.ndarray, pad: int) -> Arrays | None:
-        """Per query box (rows of ``qlo``/``qhi``, inclusive): the key box (the bounding box
-        of its allowed keys, the last axis padded to a multiple of ``pad`` when ``pad > 1``)
-        as (queries, keys, full) for the boxes that have keys; None when some region is not
-        one box (the per-tile path decides those)."""
-        found = self._box_all(qlo, qhi, pad)
-        if found is None:
-            return None
-        queries, keys, full, some = found
-        return queries[some], keys[some], full[some]
+    def tiled_grid(self, tile: tuple[int, ...], key_tile: tuple[int, ...]) -> Kinds:
+        """The (query tile, key tile) pairs with an allowed pair, query tiles of extents
+        ``tile`` and key tiles of ``key_tile`` over the factor's axes (tails clipped), as
+        kinds (query size, key size, full, count). A tile's size follows from which of its
+        axes are clipped (its class), so the kinds are counted per (class, class, full)."""
+        counts = self._block_sums(tile + key_tile)
+        q_volumes, q_classes, q_sizes = self._tiling(tile)
+        k_volumes, k_classes, k_sizes = self._tiling(key_tile)
+        full = counts == np.multiply.outer(q_volumes, k_volumes)
+        classes = len(k_sizes)
+        codes = np.add.outer(q_classes * (2 * classes), k_classes * 2) + full
+        found = np.bincount(codes[counts > 0], minlength=2 * classes * len(q_sizes))
+        seen = np.flatnonzero(found)
+        pair, is_full = np.divmod(seen, 2)
+        return q_sizes[pair // classes], k_sizes[pair % classes], is_full == 1, found[seen]
 
-    def box_mode_batch(
-        self, qlo: np.ndarray, qhi: np.ndarray, pad: int, sizes: list[int]
-    ) -> list[Arrays] | None:
-        """:meth:`box_mode` of several tilings in one pass: their query boxes concatenated
-        (``sizes`` boxes each), the answers split back per tiling (None: some region of some
-        tiling is not one box). Fewer, larger array operations than one call per tiling."""
-        found = self._box_all(qlo, qhi, pad)
-        if found is None:
-            return None
-        return _split(found, sizes)
-
-    def grid_mode_batch(self, tilings: list[tuple[np.ndarray, np.ndarray, tuple[int, ...]]]):  # type: ignore[no-untyped-def]
-        """:meth:`grid_mode` of several (qlo, qhi, key tile) tilings in one pass over the
-        concatenated (query box, key tile) pairs, split back per tiling, in the same order."""
-        lo: list[list[np.ndarray]] = [[] for _ in range(2 * self.d)]
-        hi: list[list[np.ndarray]] = [[] for _ in range(2 * self.d)]
-        sizes = []
-        for qlo, qhi, tile in tilings:
-            klo, khi = self._key_tiles(tile)
-            nq, nk = len(qlo), len(klo)
-            q_index, k_index = np.repeat(np.arange(nq), nk), np.tile(np.arange(nk), nq)
-            for a in range(self.d):  # row-major over [query boxes, key tiles], as grid_mode
-                lo[a].append(qlo[q_index, a])
-                hi[a].append(qhi[q_index, a])
-                lo[self.d + a].append(klo[k_index, a])
-                hi[self.d + a].append(khi[k_index, a])
-            sizes.append(nq * nk)
-        lo_all, hi_all = [np.concatenate(x) for x in lo], [np.concatenate(x) for x in hi]
-        counts = self.pair_counts(lo_all, hi_all)
-        queries = _volume(lo_all[: self.d], hi_all[: self.d])
-        keys = _volume(lo_all[self.d :], hi_all[self.d :])
-        return _split((queries, keys, counts == queries * keys, counts > 0), sizes)
-
-    def _key_tiles(self, tile: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        counts = [-(-n // t) for n, t in zip(self.extents, tile, strict=True)]
-        klo = np.indices(counts).reshape(self.d, -1).T * np.array(tile)  # row-major starts
-        return klo, np.minimum(klo + np.array(tile), np.array(self.extents)) - 1
-
-    def _box_all(self, qlo: np.ndarray, qhi: np.ndarray, pad: int):  # type: ignore[no-untyped-def]
-        """:meth:`box_mode`'s arrays over every query box, with ``some`` (it has keys)."""
-        q_lo, q_hi = list(qlo.T), list(qhi.T)
-        hit = self._query_counts(q_lo, q_hi) > 0
-        tiles = len(qlo)
-        flat = hit.reshape(tiles, -1)
-        some = flat.any(axis=1)
+    def tiled_box(self, tile: tuple[int, ...], pad: int) -> Kinds | None:
+        """Per query tile of extents ``tile`` (row-major, tails clipped) that has keys: its
+        key box (the bounding box of its allowed keys, the last axis padded to a multiple of
+        ``pad`` when ``pad > 1``), as kinds (query size, key size, full, count); None when
+        some tile's keys are not one box (the per-tile path decides those). The key box
+        holds every allowed key of its tile, so its allowed pairs are the tile's total."""
+        d = self.d
+        per_key = self._block_sums(tile + (1,) * d)
+        volumes, classes, sizes = self._tiling(tile)
+        tiles = volumes.size
+        flat = per_key.reshape(tiles, -1)
+        hit = flat > 0
+        some = hit.any(axis=1)
+        if d == 1:
+            lines = [hit]
+        else:
+            shaped = hit.reshape((tiles,) + self.extents)
+            lines = [shaped.any(axis=tuple(1 + a for a in range(d) if a != k)) for k in range(d)]
         k_lo, k_hi, keys = [], [], 1
-        for axis in range(self.d):
-            others = tuple(1 + a for a in range(self.d) if a != axis)
-            line = hit.any(axis=others) if others else hit
+        for line in lines:
             k_lo.append(line.argmax(axis=1))
             k_hi.append(line.shape[1] - 1 - line[:, ::-1].argmax(axis=1))
             keys = keys * (k_hi[-1] - k_lo[-1] + 1)
-        if np.any(some & (np.count_nonzero(flat, axis=1) != keys)):
+        if np.any(some & (np.count_nonzero(hit, axis=1) != keys)):
             return None
         if pad > 1:
             k_lo[-1], k_hi[-1] = _pad(k_lo[-1], k_hi[-1], self.extents[-1], pad)
             keys = _volume(k_lo, k_hi)
-        queries = _volume(q_lo, q_hi)
-        counts = self.pair_counts(q_lo + k_lo, q_hi + k_hi)
-        return queries, keys, counts == queries * keys, some
+        full = flat.sum(axis=1) == volumes.reshape(-1) * keys
+        span = math.prod(self.extents) + 1  # key boxes hold at most every key
+        codes = (classes.reshape(-1) * span + keys) * 2 + full
+        found = np.bincount(codes[some], minlength=2 * span * len(sizes))
+        seen = np.flatnonzero(found)
+        pair, is_full = np.divmod(seen, 2)
+        return sizes[pair // span], pair % span, is_full == 1, found[seen]
 
-    def grid_mode(self, qlo: np.ndarray, qhi: np.ndarray, tile: tuple[int, ...]) -> Arrays:
-        """Every (query box, key tile) pair with an allowed pair, key tiles of extents
-        ``tile`` over the factor's axes: (queries, keys, full)."""
-        klo, khi = self._key_tiles(tile)
-        # Pairs as a [query boxes, key tiles] grid by broadcasting.
-        q_lo, q_hi = [c[:, None] for c in qlo.T], [c[:, None] for c in qhi.T]
-        k_lo, k_hi = [c[None, :] for c in klo.T], [c[None, :] for c in khi.T]
-        counts = self.pair_counts(q_lo + k_lo, q_hi + k_hi)
-        queries, keys = _volume(q_lo, q_hi), _volume(k_lo, k_hi)
-        present = counts > 0
-        full = counts == queries * keys
-        shape = counts.shape
-        return (
-            np.broadcast_to(queries, shape)[present],
-            np.broadcast_to(keys, shape)[present],
-            full[present],
-        )
+    def _block_sums(self, tiles: tuple[int, ...]) -> np.ndarray:
+        """Sums of the table over its blocks of extents ``tiles`` (one per dim, tails
+        clipped), one ``reduceat`` per dim cut into blocks: [blocks per dim...]."""
+        table = self._counts
+        if table is None:
+            table = self._counts = self.allowed.astype(np.int64)
+        for dim, t in enumerate(tiles):
+            if t > 1:
+                table = np.add.reduceat(table, np.arange(0, table.shape[dim], t), axis=dim)
+        return table
 
-    def _query_counts(self, lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
-        """[tiles, key extents...]: allowed queries of each box per key."""
-        if self._queries is None:
-            self._queries = _summed(self.allowed, range(self.d))
-        return _corner_sum(self._queries, lo, hi)
+    def _tiling(self, tile: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per tile of extents ``tile`` over the factor's axes (row-major, tails clipped):
+        its size and its class (a bit per clipped axis), and the size of each class."""
+        found = self._tilings.get(tile)
+        if found is None:
+            volumes, classes = np.ones((), np.int64), np.zeros((), np.int64)
+            sizes = [1]
+            for n, t in zip(self.extents, tile, strict=True):
+                lengths = np.minimum(t, n - np.arange(0, n, t))
+                volumes = np.multiply.outer(volumes, lengths)
+                classes = np.add.outer(classes * 2, (lengths != t).astype(np.int64))
+                tail = n - (len(lengths) - 1) * t
+                sizes = [size * length for size in sizes for length in (t, tail)]
+            found = self._tilings[tile] = (volumes, classes, np.array(sizes, np.int64))
+        return found
 
     def pair_counts(self, lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
         """Allowed pairs of (query box, key box): bounds per dim, query dims first."""
@@ -193,15 +188,3 @@ def _pad(lo: np.ndarray, hi: np.ndarray, length: int, pad: int) -> tuple[np.ndar
     padded = np.minimum(-(-(hi - lo + 1) // pad) * pad, length)
     start = np.maximum(0, np.minimum(lo, length - padded))
     return start, start + padded - 1
-
-
-def _split(found, sizes: list[int]) -> list[Arrays]:  # type: ignore[no-untyped-def]
-    """(queries, keys, full) of each segment of ``sizes`` entries, where ``keep``."""
-    queries, keys, full, keep = found
-    parts, start = [], 0
-    for size in sizes:
-        part = slice(start, start + size)
-        mask = keep[part]
-        parts.append((queries[part][mask], keys[part][mask], full[part][mask]))
-        start += size
-    return parts

@@ -67,6 +67,12 @@ class Mask:
     lookups: tuple[TensorDecl, ...]
     other_ranks: tuple[str, ...]
     cascade: Cascade = field(compare=False, repr=False)
+    # The names the predicate reads: symbolic, so found once here rather than per bind.
+    predicate_names: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        used = () if self.predicate is None else names(self.predicate)
+        object.__setattr__(self, "predicate_names", frozenset(used))
 
     def bind(
         self,
@@ -380,7 +386,7 @@ def _resolve_params(mask: Mask, sizes: Sizes, given: Params) -> Params:
             continue
         value = int(value) if param.kind == "int" else float(value)
         params[param.name] = env[param.name] = value
-    used = set() if mask.predicate is None else names(mask.predicate)
+    used = mask.predicate_names
     for name in sorted(used & set(declared) - set(params)):
         raise BindError(f"the mask of @{mask.cascade.name} reads parameter {name!r}; "
                         f"pass params={{{name!r}: ...}}")  # fmt: skip

@@ -15,9 +15,11 @@ same answers as arrays over all its factor tiles (factor_arrays.py). :func:`prod
 combines those into the visited tiles of a whole tiling, whose exact modelled cost
 ``cost.pairs_costs`` sums with array operations for many candidates at once, never building
 a row (the 1M-token 3-D neighborhood has 16,384 query tiles but only 80 distinct factor
-tiles). :meth:`ProductMask.prefetch` computes every candidate tiling's factor arrays in one
-batch per factor; :func:`flat_pairs` reads coarser token tiles off the prefix counts of finer
-ones; product_rows.py builds the chosen tiling's rows from the same per-factor answers.
+tiles). :meth:`ProductMask.prefetch` computes every candidate tiling's factor arrays (a
+block sum of the factor's table each), kept as the kinds of visited tiles with counts (a
+factor's tiles take a few sizes: the cost sums run over a few entries per tiling);
+:func:`flat_pairs` reads coarser token tiles off the prefix counts of finer ones;
+product_rows.py builds the chosen tiling's rows from the same per-factor answers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from einscade.passes.analysis.block_layout import tile_counts
 from einscade.passes.analysis.cost import Pairs
-from einscade.passes.analysis.factor_arrays import Arrays, FactorArrays, profile_counts
+from einscade.passes.analysis.factor_arrays import FactorArrays, Kinds, profile_counts
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import pad_box
@@ -58,57 +60,45 @@ class ProductMask:
         self._boxes: dict[tuple, BoxPart] = {}  # type: ignore[type-arg]
         self._grids: dict[tuple, GridPart] = {}  # type: ignore[type-arg]
         self._arrays: dict[int, FactorArrays | None] = {}
-        self._pairs: dict[tuple, Arrays | None] = {}  # type: ignore[type-arg]
+        self._pairs: dict[tuple, Kinds | None] = {}  # type: ignore[type-arg]
+        self._rows: dict[tuple, object] = {}  # type: ignore[type-arg]
         # F of flat token tiles per (query size, key size): coarser tiles read it off finer.
         self.flat_counts: dict[tuple[int, int], np.ndarray] = {}
 
     def arrays(self, factor: int) -> FactorArrays | None:
-        """The factor's summed-area tables (None without a dense table)."""
+        """The factor's table counts (None without a dense table)."""
         if factor not in self._arrays:
             index = self.factors[factor][1]
             dense = None if index is None else self.evaluator.groups[index].dense
             self._arrays[factor] = None if dense is None else FactorArrays(dense.allowed)
         return self._arrays[factor]
 
-    def pairs(self, factor: int, tile: tuple[int, ...], key_tile, pad: int) -> Arrays | None:  # type: ignore[no-untyped-def]
-        """Arrays (queries, keys, full) over the (factor tile, key part) pairs of one factor
-        for query tiles of extents ``tile`` on its axes (cached: tilings share them)."""
+    def pairs(self, factor: int, tile: tuple[int, ...], key_tile, pad: int) -> Kinds | None:  # type: ignore[no-untyped-def]
+        """The (factor tile, key part) pairs of one factor for query tiles of extents
+        ``tile`` on its axes, as :func:`kinds` (cached: tilings share them)."""
         key = (factor, tile, key_tile, pad)
         if key not in self._pairs:
             extents = [self.extents[a] for a in self.factors[factor][0]]
             self._pairs[key] = _factor_pairs(self, factor, extents, tile, key_tile, pad)
         return self._pairs[key]
 
+    def kind_rows(self, factor: int, tile: tuple[int, ...], key_tile, pad: int):  # type: ignore[no-untyped-def]
+        """:meth:`pairs` as a list of (query size, key size, full, count) tuples with the
+        count of tiles, or None (cached: product_pairs combines them in Python)."""
+        key = (factor, tile, key_tile, pad)
+        if key not in self._rows:
+            arrays = self.pairs(factor, tile, key_tile, pad)
+            rows = None if arrays is None else list(zip(*(a.tolist() for a in arrays), strict=True))
+            self._rows[key] = None if rows is None else (rows, sum(row[3] for row in rows))
+        return self._rows[key]
+
     def prefetch(self, tilings: list[tuple[tuple[int, ...], tuple[int, ...] | None, int]]) -> None:
         """Fill :meth:`pairs`'s cache for the box tilings (query tile, key tile or None, pad)
-        that :func:`product_pairs` will ask for, each factor's in one batched pass of its
-        summed-area tables (:meth:`FactorArrays.box_mode_batch`, ``grid_mode_batch``):
-        the same arrays as one call per tiling, with far fewer array operations."""
-        boxes: dict[tuple[int, int], list[tuple]] = {}  # type: ignore[type-arg]
-        grids: dict[tuple[int, int], list[tuple]] = {}  # type: ignore[type-arg]
+        that :func:`product_pairs` will ask for, for the factors with a dense table (one
+        block sum per factor and tiling, factor_arrays.py)."""
         for factor, sub_tile, sub_key, pad in self._requests(tilings):
-            if (factor, sub_tile, sub_key, pad) in self._pairs or self.arrays(factor) is None:
-                continue
-            if sub_key is None:
-                boxes.setdefault((factor, pad), []).append(sub_tile)
-            else:
-                grids.setdefault((factor, pad), []).append((sub_tile, sub_key))
-        for (factor, pad), tiles in boxes.items():
-            tiles = list(dict.fromkeys(tiles))
-            spans = [_span_arrays(self._axis_extents(factor), t) for t in tiles]
-            found = self.arrays(factor).box_mode_batch(  # type: ignore[union-attr]
-                np.concatenate([lo for lo, _ in spans]), np.concatenate([hi for _, hi in spans]),
-                pad, [len(lo) for lo, _ in spans],
-            )  # fmt: skip
-            for tile, arrays in zip(tiles, found or (), strict=False):
-                self._pairs[(factor, tile, None, pad)] = arrays
-        for (factor, pad), entries in grids.items():
-            entries = list(dict.fromkeys(entries))
-            extents = self._axis_extents(factor)
-            batch = [(*_span_arrays(extents, t), k) for t, k in entries]
-            found = self.arrays(factor).grid_mode_batch(batch)  # type: ignore[union-attr]
-            for (tile, sub_key), arrays in zip(entries, found, strict=True):
-                self._pairs[(factor, tile, sub_key, pad)] = arrays
+            if self.arrays(factor) is not None:
+                self.pairs(factor, sub_tile, sub_key, pad)
 
     def _requests(self, tilings):  # type: ignore[no-untyped-def]
         """(factor, tile, key tile, pad) of each factor of each tiling, as product_pairs."""
@@ -230,47 +220,72 @@ def product_pairs(
 ) -> Pairs | None:
     """The visited tiles of box tiles ``query_tile`` (one extent per axis) with a key box per
     tile (``key_tile`` None, padded by ``pad``) or a grid of key boxes ``key_tile``, as
-    arrays for :func:`cost.pairs_costs`; None where a factor's key region is a union (box
-    mode) or the pairs are too many."""
+    kinds with counts for :func:`cost.pairs_costs` (:func:`kinds`); None where a factor's key
+    region is a union (box mode) or the pairs are too many."""
     parts, tiles = [], 1
     for factor, (axes, _) in enumerate(product.factors):
         extents = tuple(query_tile[a] for a in axes)
         sub_tile = None if key_tile is None else tuple(key_tile[a] for a in axes)
         last = axes[-1] == len(product.extents) - 1
-        found = product.pairs(factor, extents, sub_tile, pad if last else 1)
+        found = product.kind_rows(factor, extents, sub_tile, pad if last else 1)
         if found is None:
             return None
         parts.append(found)
         tiles *= math.prod(-(-product.extents[a] // t) for a, t in zip(axes, extents, strict=True))
-    if math.prod(len(part[0]) for part in parts) > MAX_PAIRS:
+    if math.prod(total for _, total in parts) > MAX_PAIRS:
         return None
-    queries = _outer([part[0] for part in parts], np.multiply)
-    keys = _outer([part[1] for part in parts], np.multiply)
-    return tiles, queries, keys, _outer([part[2] for part in parts], np.logical_and)
+    if math.prod(len(rows) for rows, _ in parts) > PYTHON_COMBINATIONS:
+        columns = [np.array(c) for c in zip(*parts[0][0], strict=True)]
+        for rows, _ in parts[1:]:
+            other = [np.array(c) for c in zip(*rows, strict=True)]
+            columns = [
+                combine.outer(a, b).reshape(-1)
+                for combine, a, b in zip(_COMBINE, columns, other, strict=True)
+            ]
+        return tiles, *columns  # type: ignore[return-value]
+    combined = [(1, 1, True, 1)]
+    for rows, _ in parts:  # few kinds per factor: their combinations in Python
+        combined = [
+            (q * q2, k * k2, f and f2, c * c2)
+            for q, k, f, c in combined
+            for q2, k2, f2, c2 in rows
+        ]  # fmt: skip
+    queries, keys, full, counts = zip(*combined, strict=True) if combined else ((),) * 4
+    return (tiles, np.array(queries, np.int64), np.array(keys, np.int64),
+            np.array(full, bool), np.array(counts, np.int64))  # fmt: skip
+
+
+_COMBINE = (np.multiply, np.multiply, np.logical_and, np.multiply)
+PYTHON_COMBINATIONS = 4096  # kind combinations built in Python at most (else numpy outer)
+
+
+def kinds(queries: np.ndarray, keys: np.ndarray, full: np.ndarray) -> Kinds:
+    """Visited tiles given one by one (query size, key size, full) as their distinct kinds
+    with counts: the cost sums weigh each kind by its count, over far fewer entries (a
+    factor's tiles take a few sizes)."""
+    if not len(queries):
+        return queries, keys, full, np.zeros(0, np.int64)
+    span = int(keys.max()) + 1
+    codes, counts = np.unique((queries * span + keys) * 2 + full, return_counts=True)
+    pairs, is_full = np.divmod(codes, 2)
+    found_queries, found_keys = np.divmod(pairs, span)
+    return found_queries, found_keys, is_full.astype(bool), counts
 
 
 def _factor_pairs(product, factor, extents, tile, sub_tile, pad):  # type: ignore[no-untyped-def]
-    """Arrays (queries, keys, full) over the (factor tile, key part) pairs of one factor
-    (query tiles of ``tile`` over its axes of ``extents``): from its summed-area tables when
-    it has a dense table, else tile by tile."""
+    """The (factor tile, key part) pairs of one factor as :func:`kinds` (query tiles of
+    ``tile`` over its axes of ``extents``): from block sums of its table when
+    it has a dense one, else tile by tile."""
     arrays = product.arrays(factor)
     if arrays is not None:
-        qlo, qhi = _span_arrays(extents, tile)
         if sub_tile is not None:
-            return arrays.grid_mode(qlo, qhi, sub_tile)
-        found = arrays.box_mode(qlo, qhi, pad)
+            return arrays.tiled_grid(tuple(tile), tuple(sub_tile))
+        found = arrays.tiled_box(tuple(tile), pad)
         if found is not None:
             return found
     per_axis = [_axis_spans(n, t) for n, t in zip(extents, tile, strict=True)]
-    return _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad)
-
-
-def _span_arrays(extents: list[int], tile: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds (lo, hi: [factor tiles, axes]) of every factor tile, in the order of
-    ``itertools.product`` over the axes' spans (:func:`_axis_spans`)."""
-    counts = [-(-n // t) for n, t in zip(extents, tile, strict=True)]
-    lo = np.indices(counts).reshape(len(counts), -1).T * np.array(tile)  # row-major
-    return lo, np.minimum(lo + np.array(tile), np.array(extents)) - 1
+    found = _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad)
+    return None if found is None else kinds(*found)
 
 
 def _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad):  # type: ignore[no-untyped-def]
@@ -303,14 +318,6 @@ def _tile_size(coords: tuple[int, ...], tile: tuple[int, ...], extents: list[int
     return math.prod(min(t, n - c * t) for c, t, n in zip(coords, tile, extents, strict=True))
 
 
-def _outer(parts: list[np.ndarray], combine) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Every combination of one entry per factor, combined, flattened."""
-    found = parts[0]
-    for part in parts[1:]:
-        found = combine.outer(found, part).reshape(-1)
-    return found
-
-
 def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | None:
     """:func:`product_pairs` for row-major token tiles of ``query_size`` tokens with key
     tiles of ``key_size`` tokens (FlexAttention's blocks on a grid): every block's allowed
@@ -329,15 +336,16 @@ def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | 
         counts = _prefix_counts(product, q_edges, k_edges)
     product.flat_counts[(query_size, key_size)] = counts
     blocks = counts[1:, 1:] - counts[:-1, 1:] - counts[1:, :-1] + counts[:-1, :-1]
-    queries, keys = np.diff(q_edges)[:, None], np.diff(k_edges)[None, :]
-    present = blocks > 0
-    shape = blocks.shape
-    return (
-        len(q_edges) - 1,
-        np.broadcast_to(queries, shape)[present],
-        np.broadcast_to(keys, shape)[present],
-        (blocks == queries * keys)[present],
-    )
+    queries, keys = np.diff(q_edges), np.diff(k_edges)
+    # Tiles take two sizes per side (whole, clipped last): kinds by (tail, tail, full) codes.
+    q_tail, k_tail = queries != query_size, keys != key_size
+    full = blocks == queries[:, None] * keys[None, :]
+    codes = (q_tail[:, None] * 4 + k_tail[None, :] * 2 + full)[blocks > 0]
+    counts = np.bincount(codes, minlength=8)
+    seen = np.flatnonzero(counts)
+    sizes_q = np.array([query_size, int(queries[-1])])[seen // 4]
+    sizes_k = np.array([key_size, int(keys[-1])])[seen // 2 % 2]
+    return len(q_edges) - 1, sizes_q, sizes_k, (seen % 2).astype(bool), counts[seen]
 
 
 def _edges(tokens: int, size: int) -> np.ndarray:
