@@ -1,12 +1,15 @@
 // einscade native CPU kernel: masked softmax attention over a block layout's tile groups.
 //
 // One work item is (key head bk, query tile t of a group). Its query rows (the G query heads
-// sharing key head bk, stacked: row g * Tq + i) are gathered once and pre-scaled; its keys
-// are walked in chunks of KEY_CHUNK columns: gather K transposed and V, S = Q K^T by a
-// register-blocked micro-kernel, the element mask on the chunk's masked columns, the online
-// softmax update (running max m, running sum l, O rescaled by exp(m_old - m_new)), O += P V
-// by the same micro-kernel. At the end out = O / l (a row that saw no allowed key: 0).
-// Scores never leave the core's cache; nothing here is N x N.
+// sharing key head bk, stacked: row g * Tq + i) are transposed once and pre-scaled
+// (Q^T [E, rows]); its keys are walked in equal chunks of at most KEY_CHUNK: S^T = K Q^T by
+// a register-blocked micro-kernel reading the K rows in place, the element mask on the
+// chunk's masked columns, the online softmax update (running max m, running sum l, O
+// rescaled by exp(m_old - m_new)) vectorised across query rows, O += P V by the same
+// micro-kernel reading the V rows in place. At the end out = O / l (a row that saw no
+// allowed key: 0). Scores never leave the core's cache; nothing here is N x N. The next
+// item's rows are prefetched while the current one computes, and the output is written
+// with streaming stores (the memory traffic, not the FLOPs, bounds tiles of 64 x 64).
 //
 // Portable C++: GCC vector extensions (16 floats) compile to AVX-512, AVX2 pairs or SSE
 // quads depending on -march; FMAs come from -ffp-contract=fast. No OpenMP: std::threads take
@@ -19,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <immintrin.h>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -38,6 +42,31 @@ inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p
 inline void store(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
 inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Keys per online-softmax step: equal chunks of at most KEY_CHUNK (575 keys: 2 x 288, not
+// 512 + 63), a multiple of ROWS.
+inline int64_t chunk_length(int64_t keys) {
+  const int64_t chunks = (keys + KEY_CHUNK - 1) / KEY_CHUNK;
+  return round_up((keys + chunks - 1) / chunks, ROWS);
+}
+
+// Non-temporal stores of whole 64-byte lines, where the target has them (AVX-512).
+inline bool can_stream(const float* base, int64_t width) {
+#ifdef __AVX512F__
+  return width % W == 0 && reinterpret_cast<uintptr_t>(base) % 64 == 0;
+#else
+  (void)base, (void)width;
+  return false;
+#endif
+}
+
+inline void stream(float* p, vf x) {
+#ifdef __AVX512F__
+  _mm512_stream_ps(p, reinterpret_cast<__m512&>(x));
+#else
+  store(p, x);
+#endif
+}
 
 // exp(x) for x <= 0 (scores minus their running max): 2^n * e^r, |r| <= ln2 / 2, degree-6
 // polynomial (relative error ~2e-7); x below -87 (including -inf: masked) gives exactly 0.
@@ -88,12 +117,41 @@ inline void micro(const float* const* a_rows, int64_t a_step, const float* const
     for (int v = 0; v < NV; ++v) store(c + r * ldc + v * W, acc[r][v]);
 }
 
+// The cache lines the next work item reads first, prefetched into L2 a few at a time
+// between row blocks of the current item's GEMMs: issued all at once they would fill the
+// core's miss buffers and stall it for the whole transfer.
+struct Prefetcher {
+  std::vector<const char*> lines;
+  size_t next = 0;
+  size_t per_step = 0;
+
+  void add_row(const float* row, int64_t width) {
+    const char* bytes = reinterpret_cast<const char*>(row);
+    for (int64_t byte = 0; byte < width * 4; byte += 64) lines.push_back(bytes + byte);
+  }
+  void plan(size_t steps) {  // spread the lines over about `steps` calls of step()
+    next = 0;
+    per_step = (lines.size() + steps - 1) / std::max<size_t>(steps, 1);
+  }
+  void step() {
+    const size_t end = std::min(lines.size(), next + per_step);
+    for (; next < end; ++next) __builtin_prefetch(lines[next], 0, 2);
+  }
+  void finish() {
+    per_step = lines.size();
+    step();
+    lines.clear();
+  }
+};
+
 // C[rows, cols] (+)= A[rows, depth] B[depth, cols] (A, B as in micro); rows % ROWS == 0,
-// cols % W == 0.
+// cols % W == 0. Prefetches proceed after every block of rows.
 template <bool ACCUMULATE>
 void gemm(const float* const* a_rows, int64_t a_step, const float* const* b_rows,
-          int64_t depth, float* c, int64_t ldc, int64_t rows, int64_t cols) {
+          int64_t depth, float* c, int64_t ldc, int64_t rows, int64_t cols,
+          Prefetcher& prefetcher) {
   for (int64_t r = 0; r < rows; r += ROWS) {
+    prefetcher.step();
     const float* const* a = a_rows + r;
     float* c_rows = c + r * ldc;
     int64_t col = 0;
@@ -141,6 +199,7 @@ namespace {
 struct Scratch {
   std::vector<float> qt, st, o, v, zeros;
   std::vector<const float*> q_rows, k_rows, v_rows, p_rows;
+  Prefetcher prefetcher;
 };
 
 float* sized(std::vector<float>& buffer, int64_t count) {
@@ -291,36 +350,42 @@ void write_out(const Item& it, const float* o, const float* l) {
   const EinscadeProblem& p = it.p;
   const int64_t tq = it.g.tile_queries, f = p.v_dim;
   const int64_t* tokens = it.g.query_tokens + it.t * tq;
+  const bool streaming = can_stream(p.out, f);
   for (int64_t h = 0; h < p.heads; ++h) {
     float* head = p.out + ((it.bk * p.heads + h) * p.queries) * f;
     for (int64_t i = 0; i < tq; ++i) {
       const int64_t r = h * tq + i;
       const float inverse = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
       float* dst = head + tokens[i] * f;
-      for (int64_t d = 0; d < f; ++d) dst[d] = o[r * it.v_cols + d] * inverse;
+      const float* src = o + r * it.v_cols;
+      if (streaming) {  // whole aligned lines: no read for ownership of lines not kept
+        for (int64_t d = 0; d < f; d += W) stream(dst + d, load(src + d) * splat(inverse));
+        continue;
+      }
+      for (int64_t d = 0; d < f; ++d) dst[d] = src[d] * inverse;
     }
   }
 }
 
-// Prefetch into L2 the rows an item reads first (its query rows, its first chunk's K and V
-// rows), so that they arrive while the previous item computes.
-void prefetch_rows(const float* base, const int64_t* tokens, int64_t count, int64_t width) {
-  for (int64_t j = 0; j < count; ++j) {
-    const char* row = reinterpret_cast<const char*>(base + tokens[j] * width);
-    for (int64_t byte = 0; byte < width * 4; byte += 64) __builtin_prefetch(row + byte, 0, 2);
-  }
-}
-
-void prefetch_item(const Item& it) {
+// Queue the lines of the rows an item reads first (its query rows, its first chunk's K and
+// V rows) so that they arrive in L2 while the previous item computes.
+void queue_item(const Item& it, Prefetcher& prefetcher) {
   const EinscadeProblem& p = it.p;
   const int64_t tq = it.g.tile_queries;
   const int64_t* queries = it.g.query_tokens + it.t * tq;
-  for (int64_t h = 0; h < p.heads; ++h)
-    prefetch_rows(p.q + ((it.bk * p.heads + h) * p.queries) * p.qk_dim, queries, tq, p.qk_dim);
+  for (int64_t h = 0; h < p.heads; ++h) {
+    const float* head = p.q + ((it.bk * p.heads + h) * p.queries) * p.qk_dim;
+    for (int64_t i = 0; i < tq; ++i) prefetcher.add_row(head + queries[i] * p.qk_dim, p.qk_dim);
+  }
   const int64_t* keys = it.g.key_tokens + it.t * it.g.tile_keys;
-  const int64_t count = std::min(KEY_CHUNK, it.g.tile_keys);
-  prefetch_rows(p.k + it.bk * p.keys * p.qk_dim, keys, count, p.qk_dim);
-  prefetch_rows(p.v + it.bk * p.keys * p.v_dim, keys, count, p.v_dim);
+  const int64_t count = chunk_length(it.g.tile_keys);
+  for (int64_t j = 0; j < count; ++j) {
+    prefetcher.add_row(p.k + (it.bk * p.keys + keys[j]) * p.qk_dim, p.qk_dim);
+    prefetcher.add_row(p.v + (it.bk * p.keys + keys[j]) * p.v_dim, p.v_dim);
+  }
+  // one step per row block of the two GEMMs of the first chunk
+  const int64_t rows = round_up(p.heads * tq, W);
+  prefetcher.plan((round_up(count, ROWS) + rows) / ROWS);
 }
 
 void attend_item(const Item& it, Scratch& s) {
@@ -334,20 +399,23 @@ void attend_item(const Item& it, Scratch& s) {
   std::fill(m, m + ld, NEG_INF);
   std::fill(l, l + ld, 0.0f);
   const float** p_rows = pointers(s.p_rows, ld);
-  for (int64_t c0 = 0; c0 < it.g.tile_keys; c0 += KEY_CHUNK) {
-    const int64_t count = std::min(KEY_CHUNK, it.g.tile_keys - c0);
+  const int64_t length = chunk_length(it.g.tile_keys);
+  for (int64_t c0 = 0; c0 < it.g.tile_keys; c0 += length) {
+    const int64_t count = std::min(length, it.g.tile_keys - c0);
     const int64_t padded = round_up(count, ROWS);
     key_rows(it, s, c0, count, padded);
     float* st = sized(s.st, padded * ld);
     // S^T [keys, rows] = K [keys, E] Q^T [E, rows]
-    gemm<false>(s.k_rows.data(), 1, s.q_rows.data(), p.qk_dim, st, ld, padded, ld);
+    gemm<false>(s.k_rows.data(), 1, s.q_rows.data(), p.qk_dim, st, ld, padded, ld,
+                s.prefetcher);
     apply_mask(it, st, c0, count, padded);
     online_softmax(it, st, padded, m, l, o, c0 == 0);
     // O [rows, F] += P [rows, keys] V [keys, F], P(r, j) = S^T[j, r]
     for (int64_t r = 0; r < ld; ++r) p_rows[r] = st + r;
-    gemm<true>(p_rows, ld, s.v_rows.data(), padded, o, vc, ld, vc);
+    gemm<true>(p_rows, ld, s.v_rows.data(), padded, o, vc, ld, vc, s.prefetcher);
   }
   write_out(it, o, l);
+  s.prefetcher.finish();
 }
 
 }  // namespace
@@ -378,10 +446,13 @@ int einscade_attend(const EinscadeProblem* problem, const EinscadeGroup* groups,
     int64_t index = next++;
     while (index < items) {
       const int64_t ahead = next++;  // claimed now: its rows load while this item computes
-      if (ahead < items) prefetch_item(item(ahead, ahead_group));
+      if (ahead < items) queue_item(item(ahead, ahead_group), scratch.prefetcher);
       attend_item(item(index, group), scratch);
       index = ahead;
     }
+#ifdef __AVX512F__
+    _mm_sfence();  // the streamed output is visible before the join
+#endif
   };
   const int64_t extra = std::max<int64_t>(0, std::min(threads, items) - 1);
   std::vector<std::thread> pool;
