@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -110,9 +109,16 @@ def _rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def canonicalise(
-    form: SoftmaxForm, cascade: Cascade, binding: Binding, tensors: dict[str, torch.Tensor]
+    form: SoftmaxForm,
+    cascade: Cascade,
+    binding: Binding,
+    tensors: dict[str, torch.Tensor],
+    head_maps: dict[tuple, torch.Tensor] | None = None,  # type: ignore[type-arg]
 ) -> Canonical:
-    """Bring Q, K and V of one call to the canonical shapes (views where possible)."""
+    """Bring Q, K and V of one call to the canonical shapes (views where possible).
+    ``head_maps`` caches the head maps of one program across calls (the caller's dict:
+    keys are cheap to hash, unlike the cascade's IR)."""
+    head_maps = {} if head_maps is None else head_maps
     sizes = binding.sizes
     dtype = tensors[form.query.tensor].dtype
     if not dtype.is_floating_point:
@@ -122,8 +128,10 @@ def canonicalise(
     order = (*form.batch_ranks, form.query_rank, form.head_rank)
     q = _arranged(tensors[form.query.tensor], form.query, order, sizes)
     q = q.reshape(math.prod(batch_shape), q.shape[-2], q.shape[-1]).to(compute).contiguous()
-    k, key_heads = _key_side(form, cascade, binding, tensors, form.key, form.head_rank)
-    v, value_heads = _key_side(form, cascade, binding, tensors, form.value, form.value_rank)
+    k, key_heads = _key_side(form, cascade, binding, tensors, form.key, form.head_rank,
+                             head_maps)  # fmt: skip
+    v, value_heads = _key_side(form, cascade, binding, tensors, form.value, form.value_rank,
+                               head_maps)  # fmt: skip
     k, v = k.to(compute).contiguous(), v.to(compute).contiguous()  # flat row views need it
     return Canonical(form, q, k, v, key_heads, value_heads,
                      batch_shape, dtype)  # fmt: skip
@@ -136,7 +144,7 @@ def _arranged(tensor: torch.Tensor, read: Access, order, sizes) -> torch.Tensor:
     return permuted.expand(*(sizes[size_symbol(r)] for r in order))
 
 
-def _key_side(form, cascade, binding: Binding, tensors, read: Access, dim_rank: str):  # type: ignore[no-untyped-def]
+def _key_side(form, cascade, binding: Binding, tensors, read: Access, dim_rank: str, cache):  # type: ignore[no-untyped-def]
     """K or V as ``[heads, M, dim]`` and the head each flat query head reads."""
     tensor = tensors[read.tensor]
     plain = (form.key_rank, dim_rank)
@@ -147,15 +155,16 @@ def _key_side(form, cascade, binding: Binding, tensors, read: Access, dim_rank: 
                                *(binding.sizes[size_symbol(r)] for r in plain))  # fmt: skip
     flat = arranged.reshape(-1, arranged.shape[-2], arranged.shape[-1])
     sizes, params = tuple(binding.sizes.items()), tuple(binding.params.items())
-    heads = _head_map(form, cascade, read, plain, tuple(tensor.shape), sizes, params)
-    return flat, heads
+    key = (read.tensor, dim_rank, tuple(tensor.shape), sizes, params)
+    if key not in cache:
+        cache[key] = _head_map(form, cascade, read, plain, tuple(tensor.shape), sizes, params)
+    return flat, cache[key]
 
 
-@lru_cache(maxsize=64)
 def _head_map(form, cascade, read: Access, plain, shape, sizes, params) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """The flat head of ``read``'s tensor that each flat query head reads (``h // G``
-    evaluated per head; dims of extent 1 broadcast). Cached: the same shapes and
-    parameters give the same map on every call."""
+    evaluated per head; dims of extent 1 broadcast). The same shapes and parameters give
+    the same map on every call (the caller caches it)."""
     binding = Binding(dict(sizes), dict(params), {})
     env = {**binding.sizes, **binding.params, **batch_coordinates(form, binding)}
     count = math.prod(binding.sizes[size_symbol(r)] for r in form.batch_ranks)

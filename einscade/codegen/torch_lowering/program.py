@@ -85,6 +85,7 @@ class TorchProgram:
         if options:
             raise TypeError(f"torch target: unknown option {sorted(options)[0]!r}")
         self.plans: dict[tuple, Plan] = {}  # type: ignore[type-arg]
+        self._head_maps: dict[tuple, torch.Tensor] = {}  # type: ignore[type-arg]
         self.stats = CallStats()
         try:
             self.form: SoftmaxForm | None = recognize(cascade)
@@ -120,7 +121,7 @@ class TorchProgram:
         _refuse_grad(self.cascade.name, tensors)
         scalars = {k: v for k, v in arguments.items() if not isinstance(v, torch.Tensor)}
         binding = bind(self.cascade, tensors, scalars)
-        canonical = canonicalise(self.form, self.cascade, binding, tensors)
+        canonical = canonicalise(self.form, self.cascade, binding, tensors, self._head_maps)
         out = self._run(binding, canonical, tensors)
         return canonical.restore(out, tensors)
 
