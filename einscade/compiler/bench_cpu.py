@@ -129,6 +129,8 @@ class RowResult:
     block_mask_s: float | None
     max_error: float
     cpu_ratio: float = 0.0
+    gflops: float = 0.0
+    kernel: str = ""
     checks: list[tuple[str, bool]] = field(default_factory=list)
 
 
@@ -213,6 +215,8 @@ def measure_row(
         stats.dense_elements / stats.computed_elements,
         first_call, stats.plan_seconds, flex_first, block_mask_s, error,
         cpu["sdpa"] / cpu["ours"],
+        # two products of depth `dim` per computed score: 4 * dim FLOPs
+        stats.computed_elements * 4 * dim / (times["ours"] * 1e6), stats.kernel,
     )  # fmt: skip
 
 
@@ -284,7 +288,7 @@ def _cells(result: RowResult) -> list[str]:
     return [
         result.row.title, f"{result.ours_ms:.1f}", f"{result.sdpa_ms:.1f}", flex,
         f"{result.sdpa_ms / result.ours_ms:.1f}x", f"{result.cpu_ratio:.1f}x", vs_flex,
-        f"{result.work_ratio:.1f}x",
+        f"{result.work_ratio:.1f}x", f"{result.gflops:.0f} ({result.kernel})",
         f"{result.first_call_s:.2f} s ({result.plan_s:.2f} s plan)", flex_first,
         f"{result.max_error:.1e}",
     ]  # fmt: skip
@@ -292,7 +296,7 @@ def _cells(result: RowResult) -> list[str]:
 
 HEADERS = [
     "row", "ours ms", "SDPA ms", "flex ms", "vs SDPA", "vs SDPA (CPU time)", "vs flex",
-    "work ratio",
+    "work ratio", "our GFLOP/s (kernel)",
     "our first call", "flex first call", "max |diff|",
 ]  # fmt: skip
 
