@@ -29,6 +29,7 @@ allowed, and every allowed pair lies in a visited tile.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import operator
@@ -45,12 +46,18 @@ from einscade.passes.analysis.block_layout import (
 from einscade.passes.analysis.cost import Pairs
 from einscade.passes.analysis.dense_groups import DENSE_LIMIT
 from einscade.passes.analysis.grid_rows import grid_row, key_tile, unevaluated
-from einscade.passes.analysis.interval_core import FALSE, TRUE, Interval
+from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import box_row
-from einscade.passes.analysis.lookup_regions import equal_lookup
+from einscade.passes.analysis.lookup_regions import TileKind, TileRegions, equal_lookup
 from einscade.passes.analysis.masks import BoundMask, Mask, Params, Sizes
-from einscade.passes.analysis.product import UNION, flat_pairs, product_mask, product_pairs
+from einscade.passes.analysis.product import (
+    UNION,
+    ProductMask,
+    flat_pairs,
+    product_mask,
+    product_pairs,
+)
 from einscade.passes.analysis.product_rows import product_box_rows
 from einscade.passes.analysis.tilings import Tiling, aligned_box, make_tiling
 
@@ -60,6 +67,7 @@ __all__ = [
     "Classifier",
     "KeyTile",
     "Row",
+    "TileKind",
     "classify",
     "count_allowed",
 ]
@@ -113,22 +121,60 @@ class Classifier:
     query may allow (``key_region``: a key tile outside is empty) and the keys some query
     may not allow (``fail_region``: a key tile outside is full). Only the tiles meeting both
     are evaluated (in grid mode a run of them is judged whole first, then halved).
+
+    The evaluator (and the product view of its groups) is built on first use: a
+    documents-style mask (lookup_regions.py) takes its regions, for every tile of a 1-D
+    tiling at once, and its truths from the lookup tables, the same answers without it.
     """
 
     def __init__(self, bound: BoundMask, split_limit: int = 16, dense_limit: int = DENSE_LIMIT):
         self.bound = bound
-        self.evaluator = BoxEvaluator(
-            bound.predicate, bound.query, bound.key, bound.tables, split_limit, dense_limit
+        self.split_limit, self.dense_limit = split_limit, dense_limit
+        # Documents-style masks: both regions and the truth straight from the lookup tables
+        # (same answers), without building the evaluator.
+        self.equal_lookup = equal_lookup(
+            bound.predicate, bound.query, bound.key, bound.tables, split_limit
         )
-        self.product = product_mask(self.evaluator)
-        groups = self.evaluator.groups
-        # Documents-style masks: both regions straight from the lookup tables (same answers).
-        self.equal_lookup = (
-            equal_lookup(bound.predicate, bound.query, bound.key, bound.tables, split_limit)
-            if len(groups) == 1 and groups[0].dense is None
-            else None
-        )
+        if self.equal_lookup is not None and not self._sparse_single_group():
+            self.equal_lookup = None
         self._tiles: dict[object, dict] = {}  # type: ignore[type-arg]
+        self._lookup_tiles: dict[int, TileRegions | None] = {}  # per 1-D query tile size
+
+    @functools.cached_property
+    def evaluator(self) -> BoxEvaluator:
+        """The mask's :class:`BoxEvaluator` (built on first use: it compiles code)."""
+        bound = self.bound
+        return BoxEvaluator(
+            bound.predicate, bound.query, bound.key, bound.tables, self.split_limit,
+            self.dense_limit,
+        )  # fmt: skip
+
+    @functools.cached_property
+    def product(self) -> ProductMask | None:
+        """The mask's factors (product.py), or None; a 1-D grid is never a product (no
+        evaluator needed to tell)."""
+        if len(self.bound.query.names) < 2:
+            return None
+        return product_mask(self.evaluator)
+
+    def _sparse_single_group(self) -> bool:
+        """The equal-lookup predicate (one comparison: one group) has no dense table: it is
+        over ``dense_limit`` pairs (build_dense_group's limit), or the evaluator says so."""
+        pairs = math.prod(self.bound.query.extents) * math.prod(self.bound.key.extents)
+        if pairs > self.dense_limit:
+            return True
+        groups = self.evaluator.groups
+        return len(groups) == 1 and groups[0].dense is None
+
+    def _judge(self, qboxes: list[Box], kboxes: list[Box]) -> int:
+        """``evaluator.truth``, answered from the lookup tables where they can."""
+        assert self.equal_lookup is not None
+        found = self.equal_lookup.truth(qboxes, kboxes)
+        return self.evaluator.truth(qboxes, kboxes) if found is None else found
+
+    def _truth(self):  # type: ignore[no-untyped-def]
+        """The judge of visited tiles: the evaluator's truth, or the lookup tables' first."""
+        return self.evaluator.truth if self.equal_lookup is None else self._judge
 
     def layout(
         self,
@@ -152,10 +198,9 @@ class Classifier:
             if found is not None:
                 return _layout(self.bound, queries, keys, key_mode, *found)
         rows, origins, shapes, dropped = [], [], [], 0
-        cache = self._tile_cache(keys)
+        cache, judge = self._tile_cache(keys), self._truth()
         for origin in queries.origins():
             shape = queries.shape(origin)
-            judge = self.evaluator.truth
             tiles, empty = self._row(queries, keys, origin, shape, pad, split, cache, judge, True)
             origins.append(origin)
             shapes.append(shape)
@@ -174,21 +219,42 @@ class Classifier:
         split: int = 0,
         evaluate: bool = True,
         refusals: bool = True,
+        kinds: bool = False,
     ) -> list[Row]:
         """(query tile size, key tiles) of the query tiles at ``indices`` (row-major order of
         their origins, as in :meth:`layout`): a sample for estimating a tiling's cost.
         ``evaluate=False`` decides from the two regions alone: a tile meeting both is called
         partial unevaluated (sound, but it may be empty or full), which costs no truth
         evaluation; ``refusals=False`` also skips the fail region (every visited tile is then
-        partial), the cheapest glance."""
+        partial), the cheapest glance. ``kinds`` (unevaluated grid rows): a row's tiles may be
+        :class:`TileKind` stand-ins, only the size and fullness that ``cost.rows_cost`` reads,
+        where the lookup tables give them directly (no KeyTile built)."""
         queries, keys = self._tilings(query_tile, key_tile, key_mode, pad, split)
         found, cache = [], self._tile_cache(keys)  # type: ignore[var-annotated]
+        if kinds and not evaluate and keys is not None and len(keys.tile) == 1:
+            stand_ins = self._kinds(queries, keys, indices, refusals)
+            if stand_ins is not None:
+                return stand_ins
         for index in indices:
             origin = queries.origin_at(index)
             shape = queries.shape(origin)
-            judge = self.evaluator.truth if evaluate else unevaluated
+            judge = self._truth() if evaluate else unevaluated
             tiles, _ = self._row(queries, keys, origin, shape, pad, split, cache, judge, refusals)
             found.append((math.prod(shape), tiles))
+        return found
+
+    def _kinds(self, queries: Tiling, keys: Tiling, indices: list[int], refusals: bool):  # type: ignore[no-untyped-def]
+        """Unevaluated 1-D grid rows as :class:`TileKind` lists, or None (some tile needs
+        the general path)."""
+        tiles = None if self.equal_lookup is None else self._lookup_tile_regions(queries)
+        if tiles is None or keys.flat:
+            return None
+        size, extent, found = queries.tile[0], queries.grid[0], []
+        for index in indices:
+            row = tiles.grid_kinds(index, keys.tile[0], refusals)
+            if row is None:
+                return None
+            found.append((min(size, extent - index * size), row))
         return found
 
     def _tile_cache(self, keys: Tiling | None) -> dict:  # type: ignore[type-arg]
@@ -217,8 +283,17 @@ class Classifier:
             found = self._product_row(queries, keys, origin, shape, pad, cache)
             if found is not None:
                 return found
+        tiles = None if self.equal_lookup is None else self._lookup_tile_regions(queries)
+        if tiles is not None and keys is None and refusals:
+            full = tiles.full_box(origin[0] // queries.tile[0], pad)
+            if full is not None:
+                return (full,), 0
         qboxes = queries.boxes(origin, shape)
-        fast = None if self.equal_lookup is None else self.equal_lookup.regions(qboxes, refusals)
+        fast = None
+        if tiles is not None:
+            fast = tiles.regions(origin[0] // queries.tile[0], refusals)
+        elif self.equal_lookup is not None:
+            fast = self.equal_lookup.regions(qboxes, refusals)
         if fast is not None:
             region, fail = fast
         else:
@@ -232,6 +307,17 @@ class Classifier:
         if keys is None:
             return box_row(judge, self.bound.key, qboxes, region, fail, pad, split)
         return grid_row(judge, keys, qboxes, region, fail, cache), 0
+
+    def _lookup_tile_regions(self, queries: Tiling) -> TileRegions | None:
+        """The equal-lookup regions of every tile of a 1-D query tiling (computed once per
+        tile size), or None (a grid, or tables the array path does not take)."""
+        assert self.equal_lookup is not None
+        if len(queries.grid) != 1 or queries.flat:
+            return None
+        size = queries.tile[0]
+        if size not in self._lookup_tiles:
+            self._lookup_tiles[size] = self.equal_lookup.tile_regions(queries.grid[0], size)
+        return self._lookup_tiles[size]
 
     # -- product masks ---------------------------------------------------------------------
     # A mask that is a product over factors of axes (product.py) is classified factor by

@@ -296,7 +296,8 @@ def _estimate(
 ) -> Candidate:
     """Cost of ``sample`` evenly spaced query tiles (one: the tile holding the grid's
     centre, the same tokens for every shape, so they share the evaluator's cached pieces),
-    scaled to all tokens."""
+    scaled to all tokens. The rows may hold tile kinds (size and fullness) instead of key
+    tiles where the classifier gives them directly (``Classifier.rows``)."""
     total = classifier.query_tile_count(spec.query_tile)
     count = min(sample, total)
     indices = sorted({(2 * j + 1) * total // (2 * count) for j in range(count)})
@@ -304,7 +305,7 @@ def _estimate(
         indices = [_centre_tile(classifier.bound.query.extents, spec.query_tile)]
     rows = classifier.rows(
         spec.query_tile, spec.key_tile, indices, key_mode=spec.key_mode, pad=spec.pad,
-        split=spec.split, evaluate=False, refusals=refusals,
+        split=spec.split, evaluate=False, refusals=refusals, kinds=True,
     )  # fmt: skip
     query_tokens = math.prod(classifier.bound.query.extents)
     sampled_tokens = sum(size for size, _ in rows)
