@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from einscade.frontends.local import halo_attention, maxvit_attention, neighborhood_attention
+from einscade.passes.analysis import flat_pairs as flat_module
 from einscade.passes.analysis import product as product_module
 from einscade.passes.analysis.block_layout import KeyTile
 from einscade.passes.analysis.blocks import Classifier
@@ -49,8 +50,9 @@ def _classifiers(bound):  # type: ignore[no-untyped-def]
 def _multiset(queries, keys, full, counts=None) -> Counter:  # type: ignore[no-untyped-def]
     """(query size, key size, full) of visited tiles, each kind ``counts`` times (once)."""
     found: Counter = Counter()
-    many = [1] * len(queries) if counts is None else counts.tolist()
-    tiles = zip(queries.tolist(), keys.tolist(), full.tolist(), strict=True)
+    many = [1] * len(queries) if counts is None else np.asarray(counts).tolist()
+    columns = (np.asarray(c).tolist() for c in (queries, keys, full))
+    tiles = zip(*columns, strict=True)
     for kind, count in zip(tiles, many, strict=True):
         found[kind] += count
     return found
@@ -281,3 +283,37 @@ def test_array_rows_take_the_halo_and_maxvit_box_tilings() -> None:
             for o in queries.origins()
         ]
         assert found[2] == rows
+
+
+@given(st.integers(1, 12), st.integers(1, 14), st.one_of(st.none(), st.integers(1, 14)))
+@settings(deadline=None, max_examples=50)
+def test_free_factor_kinds_equal_the_per_tile_answers(extent, tile, key_tile) -> None:  # type: ignore[no-untyped-def]
+    """A factor no conjunct reads (MaxViT's folded position axes) is counted in Python: the
+    same kinds, in the same order, as tile by tile."""
+    bound = attention_mask(maxvit_attention((8, 8), 2, "grid")).bind(None, None, None)
+    product = Classifier(fold_mask(bound, find_folds(bound))).product
+    free = next(f for f, (_, index) in enumerate(product.factors) if index is None)
+    (axis,) = product.factors[free][0]
+    product.extents = tuple(extent if a == axis else n for a, n in enumerate(product.extents))
+    sub_key = None if key_tile is None else (key_tile,)
+    per_axis = [_axis_spans(extent, tile)]
+    expected = kinds(*_factor_pairs_by_tile(product, free, per_axis, sub_key, 1))
+    found = _factor_pairs(product, free, [extent], (tile,), sub_key, 1)
+    for a, b in zip(found, expected, strict=True):
+        assert a.dtype == b.dtype
+        assert np.array_equal(a, b)
+
+
+@given(masks(), st.data())
+@SETTINGS
+def test_prefix_counts_by_axis_equal_those_by_boxes(found, data) -> None:  # type: ignore[no-untyped-def]
+    """The two ways of counting allowed pairs among token prefixes (axis by axis for
+    one-axis factors, prefix boxes otherwise) agree, so both stay checked."""
+    for classifier in _classifiers(found[0]):
+        product = classifier.product
+        tokens = math.prod(product.extents)
+        q_edges = flat_module._edges(tokens, data.draw(st.integers(1, tokens)))
+        k_edges = flat_module._edges(tokens, data.draw(st.integers(1, tokens)))
+        by_axis = flat_module._prefix_counts(product, q_edges, k_edges)
+        by_boxes = flat_module._box_prefix_counts(product, q_edges, k_edges)
+        assert np.array_equal(by_axis, by_boxes)

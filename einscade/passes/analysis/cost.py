@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,8 +193,9 @@ def rows_cost(
     return _cost(sums, query_tokens, key_tokens, heads, hw, useful_elements, permuted_tokens, scale)
 
 
-# Query tiles; visited tiles by kind: query size, key size, full, and how many of that kind.
-Pairs = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# Query tiles; visited tiles by kind: query size, key size, full, and how many of that kind
+# (arrays, or sequences of Python numbers).
+Pairs = tuple[int, Sequence, Sequence, Sequence, Sequence]  # type: ignore[type-arg]
 
 
 def pairs_costs(
@@ -218,7 +219,10 @@ def pairs_costs(
     flops_per_element = 2.0 * (heads.qk_dim + heads.v_dim)
     sizes = [len(pairs[1]) for pairs in layouts]
     segment = np.repeat(np.arange(len(layouts)), sizes)
-    queries, keys, full, counts = (np.concatenate([p[i] for p in layouts]) for i in range(1, 5))
+    queries, keys, full, counts = (
+        np.array([x for p in layouts for x in p[i]], dtype)
+        for i, dtype in ((1, np.int64), (2, np.int64), (3, bool), (4, np.int64))
+    )
     q, k = -(-queries // g) * g, -(-keys // g) * g
     elements = q * k
     compute = elements * (flops_per_element / hw.peak_flops + 1.0 / hw.exp_rate)
@@ -233,22 +237,33 @@ def pairs_costs(
     ]) * counts  # fmt: skip
     sums_by_layout = np.zeros((len(layouts), len(columns)))
     np.add.at(sums_by_layout, segment, columns.T)
+    # _cost's formulas at scale 1, per layout, with its constants hoisted (the same float
+    # operations in the same order: the same costs, bit for bit; test_product checks).
+    q_bytes = query_tokens * per_key
+    q_time = q_bytes / hw.l2_bandwidth
+    dram_bytes = float((query_tokens + key_tokens) * per_key)
+    dram_time = dram_bytes / hw.dram_bandwidth
+    cycles = hw.sms * hw.clock_hz
     found = []
-    for pairs, column in zip(layouts, sums_by_layout.tolist(), strict=True):
-        sums = _Sums()
+    for index, (pairs, column) in enumerate(zip(layouts, sums_by_layout.tolist(), strict=True)):
         full_tiles, computed, layout, partial_elements, iterations, key_sum, comp, tile, n = column
-        sums.query_tiles, sums.full, sums.partial = (
-            pairs[0],
-            round(full_tiles),
-            round(n) - round(full_tiles),
-        )
-        sums.computed, sums.layout = round(computed), round(layout)
-        sums.partial_elements, sums.iterations = round(partial_elements), round(iterations)
-        sums.bytes = float(query_tokens * per_key + key_sum * per_key)
-        sums.compute_time = comp
-        sums.tile_time = query_tokens * per_key / hw.l2_bandwidth + tile
-        permuted = 0 if permuted_tokens is None else permuted_tokens[len(found)]
-        found.append(_cost(sums, query_tokens, key_tokens, heads, hw, None, permuted, 1.0))
+        full, iterations, computed = round(full_tiles), round(iterations), round(computed)
+        tile_time = q_time + tile
+        overhead = (iterations * hw.iteration_cycles + pairs[0] * hw.program_cycles) / cycles
+        permuted = 0 if permuted_tokens is None else permuted_tokens[index]
+        extra = permutation_bytes(permuted, heads)
+        permutation = extra / hw.dram_bandwidth
+        found.append(
+            LayoutCost(
+                query_tiles=pairs[0], full_tiles=full, partial_tiles=round(n) - full,
+                iterations=iterations, computed_elements=computed, layout_elements=round(layout),
+                partial_elements=round(partial_elements), useful_elements=None,
+                flops=computed * flops_per_element, bytes_loaded=float(q_bytes + key_sum * per_key),
+                dram_bytes=dram_bytes + extra, compute_time=comp, tile_time=tile_time,
+                overhead_time=overhead, dram_time=dram_time, permutation_time=permutation,
+                time=max(tile_time + overhead, dram_time) + permutation,
+            )
+        )  # fmt: skip
     return found
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, names
+from einscade.ir.expr import Access, Binary, Call, Expr, Name, Num, Unary, children, names
 from einscade.passes.analysis.interval_core import (
     FALSE,
     TRUE,
@@ -102,6 +102,41 @@ def build_dense_group(
     return DenseGroup(np.ascontiguousarray(allowed), q_axes, k_axes)
 
 
+def same_up_to_names(a: Expr, b: Expr, renamed: dict[str, str]) -> bool:
+    """Whether ``a`` is ``b`` with the names of ``renamed`` replaced by their images (other
+    names equal): two groups with the same formula on different axes of equal extents (a
+    window per axis) then have the same table, built once."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        kind = type(x)
+        if kind is not type(y):
+            return False
+        if kind is Name:
+            if renamed.get(x.id, x.id) != y.id:  # type: ignore[union-attr]
+                return False
+        elif kind is Num:
+            if type(x.value) is not type(y.value) or x.value != y.value:  # type: ignore[union-attr]
+                return False
+        elif kind is Binary:
+            if x.op != y.op:  # type: ignore[union-attr]
+                return False
+            stack += ((x.lhs, y.lhs), (x.rhs, y.rhs))  # type: ignore[union-attr]
+        elif kind is Unary:
+            if x.op != y.op:  # type: ignore[union-attr]
+                return False
+            stack.append((x.operand, y.operand))  # type: ignore[union-attr]
+        elif kind is Call or kind is Access:
+            head = (x.fn, y.fn) if kind is Call else (x.tensor, y.tensor)  # type: ignore[union-attr]
+            left, right = children(x), children(y)
+            if head[0] != head[1] or len(left) != len(right):
+                return False
+            stack += zip(left, right, strict=True)
+        else:
+            return False
+    return True
+
+
 _BINARY = {
     "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.true_divide,
     "==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
@@ -124,7 +159,8 @@ def _evaluate(expr: Expr, env: dict[str, np.ndarray], lookups: dict[str, np.ndar
             return np.negative(_evaluate(x, env, lookups))
         case Binary(op="//" | "%" as op, lhs=a, rhs=b):
             divisor = _evaluate(b, env, lookups)
-            if np.any(np.asarray(divisor) == 0):
+            scalar = isinstance(divisor, int | float)  # a literal: no array check needed
+            if divisor == 0 if scalar else np.any(np.asarray(divisor) == 0):
                 raise ZeroDivisionError(op)
             fn = np.floor_divide if op == "//" else np.remainder
             return fn(_evaluate(a, env, lookups), divisor)

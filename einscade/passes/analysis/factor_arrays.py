@@ -28,6 +28,8 @@ import numpy as np
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # queries, keys, full per (tile, key part)
 # Visited tiles by kind: query size, key size, full, and how many tiles of that kind.
 Kinds = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# Per query tile: has keys, key box lo and length per dim ([d, tiles]), the box is full.
+Boxes = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class FactorArrays:
@@ -41,12 +43,28 @@ class FactorArrays:
         self._pairs: np.ndarray | None = None  # summed over all dims
         self._counts: np.ndarray | None = None  # the table as integers
         self._tilings: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # Answers by tiling: kinds of (tile, key tile) and (tile, pad), key boxes of the
+        # latter (also filled for many tilings at once by factor_batch.py).
+        self.kinds: dict[tuple, Kinds | None] = {}  # type: ignore[type-arg]
+        self.boxes: dict[tuple, Boxes | None] = {}  # type: ignore[type-arg]
+        self._columns: np.ndarray | None = None
 
     def tiled_grid(self, tile: tuple[int, ...], key_tile: tuple[int, ...]) -> Kinds:
         """The (query tile, key tile) pairs with an allowed pair, query tiles of extents
         ``tile`` and key tiles of ``key_tile`` over the factor's axes (tails clipped), as
         kinds (query size, key size, full, count). A tile's size follows from which of its
         axes are clipped (its class), so the kinds are counted per (class, class, full)."""
+        found = self.kinds.get((tile, key_tile))
+        if found is None:
+            found = self.kinds[(tile, key_tile)] = self._tiled_grid(tile, key_tile)
+        return found
+
+    def _tiled_grid(self, tile: tuple[int, ...], key_tile: tuple[int, ...]) -> Kinds:
+        if max(tile + key_tile) == 1:  # single points: every allowed pair is a full tile
+            allowed = int(np.count_nonzero(self.allowed))
+            found = [allowed] if allowed else []
+            ones = np.ones(len(found), np.int64)
+            return ones, ones.copy(), ones == 1, np.array(found, np.int64)
         counts = self._block_sums(tile + key_tile)
         q_volumes, q_classes, q_sizes = self._tiling(tile)
         k_volumes, k_classes, k_sizes = self._tiling(key_tile)
@@ -64,6 +82,11 @@ class FactorArrays:
         ``pad`` when ``pad > 1``), as kinds (query size, key size, full, count); None when
         some tile's keys are not one box (the per-tile path decides those). The key box
         holds every allowed key of its tile, so its allowed pairs are the tile's total."""
+        if (tile, pad) not in self.kinds:
+            self.kinds[(tile, pad)] = self._tiled_box(tile, pad)
+        return self.kinds[(tile, pad)]
+
+    def _tiled_box(self, tile: tuple[int, ...], pad: int) -> Kinds | None:
         d = self.d
         per_key = self._block_sums(tile + (1,) * d)
         volumes, classes, sizes = self._tiling(tile)
@@ -82,17 +105,27 @@ class FactorArrays:
             k_hi.append(line.shape[1] - 1 - line[:, ::-1].argmax(axis=1))
             keys = keys * (k_hi[-1] - k_lo[-1] + 1)
         if np.any(some & (np.count_nonzero(hit, axis=1) != keys)):
+            self.boxes[(tile, pad)] = None
             return None
         if pad > 1:
             k_lo[-1], k_hi[-1] = _pad(k_lo[-1], k_hi[-1], self.extents[-1], pad)
             keys = _volume(k_lo, k_hi)
         full = flat.sum(axis=1) == volumes.reshape(-1) * keys
+        self.boxes[(tile, pad)] = some, np.stack(k_lo), np.stack(k_hi) - np.stack(k_lo) + 1, full
         span = math.prod(self.extents) + 1  # key boxes hold at most every key
         codes = (classes.reshape(-1) * span + keys) * 2 + full
         found = np.bincount(codes[some], minlength=2 * span * len(sizes))
         seen = np.flatnonzero(found)
         pair, is_full = np.divmod(seen, 2)
         return sizes[pair // span], pair % span, is_full == 1, found[seen]
+
+    def tile_boxes(self, tile: tuple[int, ...], pad: int) -> Boxes | None:
+        """Per query tile of :meth:`tiled_box` (row-major): whether it has keys, its key box
+        (lo and length per dim, ``[d, tiles]``) and whether the box is full; None when some
+        tile's keys are not one box."""
+        if (tile, pad) not in self.boxes:
+            self.tiled_box(tile, pad)
+        return self.boxes[(tile, pad)]
 
     def _block_sums(self, tiles: tuple[int, ...]) -> np.ndarray:
         """Sums of the table over its blocks of extents ``tiles`` (one per dim, tails
@@ -120,6 +153,20 @@ class FactorArrays:
                 sizes = [size * length for size in sizes for length in (t, tail)]
             found = self._tilings[tile] = (volumes, classes, np.array(sizes, np.int64))
         return found
+
+    def summed_flat(self) -> np.ndarray:
+        """The summed-area table over every dim (a zero plane in front of each), raveled."""
+        if self._pairs is None:
+            self._pairs = _summed(self.allowed, range(2 * self.d))
+        return self._pairs.reshape(-1)
+
+    def column_prefix(self) -> np.ndarray:
+        """One-axis table: ``[n + 1, n]``, per key the allowed pairs of the rows before."""
+        if self._columns is None:
+            found = np.zeros((self.allowed.shape[0] + 1, self.allowed.shape[1]), np.int64)
+            np.cumsum(self.allowed, axis=0, dtype=np.int64, out=found[1:])
+            self._columns = found
+        return self._columns
 
     def pair_counts(self, lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
         """Allowed pairs of (query box, key box): bounds per dim, query dims first."""

@@ -30,7 +30,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from einscade.ir.expr import Access, Binary, Call, Expr, Name, children, names
-from einscade.passes.analysis.dense_groups import DENSE_LIMIT, DenseGroup, build_dense_group
+from einscade.passes.analysis.dense_groups import (
+    DENSE_LIMIT,
+    DenseGroup,
+    build_dense_group,
+    same_up_to_names,
+)
 from einscade.passes.analysis.interval_core import (
     FALSE,
     TRUE,
@@ -123,6 +128,7 @@ class BoxEvaluator:
             raise ValueError(f"mask predicate reads {name!r}: not a query or key coordinate "
                              "(bind sizes, params and other ranks first)")  # fmt: skip
         connected = self._connected(conjuncts, used)
+        self._built: list[tuple[Expr, DenseGroup]] = []  # tables built so far, with formulas
         self.groups = [self._group(exprs, labels, read) for exprs, labels, read in connected]
         self._truths: dict[tuple, int] = {}
         self._regions: dict[tuple, list[Box]] = {}
@@ -149,9 +155,13 @@ class BoxEvaluator:
         q_axes = tuple(sorted(i for side, i in labels if side == "q"))
         k_axes = tuple(sorted(j for side, j in labels if side == "k"))
         getters = _getter(q_axes), k_axes, _getter(k_axes)
-        dense = build_dense_group(
-            expr, self.query, self.key, q_axes, k_axes, self.tables, self.dense_limit, read
-        )
+        dense = self._shared_table(expr, q_axes, k_axes, read)
+        if dense is None:
+            dense = build_dense_group(
+                expr, self.query, self.key, q_axes, k_axes, self.tables, self.dense_limit, read
+            )
+            if dense is not None:
+                self._built.append((expr, dense))
         if dense is not None:  # exact answers: no interval plans needed
             return _Group(*getters, (), _never, _never, _never, q_axes, dense)  # type: ignore[arg-type]
         split = {i for n in _nonlinear_names(expr) for i in self.query.indices_of(n)}
@@ -161,6 +171,19 @@ class BoxEvaluator:
         plan, fail = plan_region(expr, False, context), plan_region(expr, True, context)
         truth = compile_truth(expr, self.tables)
         return _Group(*getters, tuple(sorted(split)), truth, plan, fail, q_axes, None)
+
+    def _shared_table(self, expr, q_axes, k_axes, read) -> DenseGroup | None:  # type: ignore[no-untyped-def]
+        """The table of an earlier group whose formula is this one's on other axes of the
+        same extents (a window per axis of a grid): the same table, over these axes."""
+        if self.query.flat in read or self.key.flat in read:
+            return None
+        for other_expr, other in self._built:
+            renamed = _renaming(self.query, q_axes, other.q_axes)
+            renamed.update(_renaming(self.key, k_axes, other.k_axes))
+            complete = len(renamed) == len(q_axes) + len(k_axes)
+            if complete and same_up_to_names(expr, other_expr, renamed):
+                return DenseGroup(other.allowed, q_axes, k_axes)
+        return None
 
     def _pieces(self, group: _Group, qbox: Box) -> Iterator[Box]:
         """The query box split per value of the group's small non-linear axes."""
@@ -267,6 +290,17 @@ class BoxEvaluator:
             wide = (_assign(full, group.k_axes, part) for part in parts)
             found = self._regions[key] = [box for box in wide if box is not None]
         return found
+
+
+def _renaming(axes: Axes, mine: tuple[int, ...], theirs: tuple[int, ...]) -> dict[str, str]:
+    """Names of ``mine`` to those of ``theirs`` (pairwise), or an empty dict when the axes
+    differ in number or extent (no renaming makes the tables equal)."""
+    if len(mine) != len(theirs):
+        return {}
+    pairs = zip(mine, theirs, strict=True)
+    if any(axes.extents[i] != axes.extents[j] for i, j in pairs):
+        return {}
+    return {axes.names[i]: axes.names[j] for i, j in zip(mine, theirs, strict=True)}
 
 
 def _never(env: Env) -> object:

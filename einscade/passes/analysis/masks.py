@@ -36,7 +36,6 @@ from einscade.ir.expr import (
     Unary,
     accesses,
     conjoin,
-    map_expr,
     names,
 )
 from einscade.ir.printer import print_expr
@@ -406,16 +405,49 @@ def _concrete(mask: Mask, constants: dict[str, int | float], lookups) -> Expr:  
     coordinate_extent[mask.key] = constants[size_symbol(mask.key)]
     ranges: list[Expr] = []
 
-    def rewrite(node: Expr) -> Expr | None:
-        if isinstance(node, Name) and node.id in constants:
-            return Num(constants[node.id])
-        if isinstance(node, Access):
-            return _read(node, decls[node.tensor], lookups[node.tensor], constants, ranges,
-                         coordinate_extent)  # fmt: skip
-        return _fold(node)
+    def read(node: Access) -> Expr:
+        return _read(node, decls[node.tensor], lookups[node.tensor], constants, ranges,
+                     coordinate_extent)  # fmt: skip
 
-    predicate = map_expr(mask.predicate, rewrite)
+    predicate = _substitute(mask.predicate, constants, read)
     return conjoin(predicate, *dict.fromkeys(ranges))  # type: ignore[return-value]
+
+
+def _substitute(node: Expr, constants: dict[str, int | float], read: Callable) -> Expr:  # type: ignore[type-arg]
+    """``map_expr`` with the rewrite of :func:`_concrete` (constants for names, ``read`` for
+    accesses, then :func:`_fold`), children in the same order (``read`` collects range
+    conjuncts in it), dispatching on the node type directly: a predicate of a hundred
+    nodes is rewritten at every bind. Unchanged subtrees are kept as they are."""
+    kind = type(node)
+    if kind is Name:
+        return Num(constants[node.id]) if node.id in constants else node  # type: ignore[union-attr]
+    if kind is Num:
+        return node
+    if kind is Binary:
+        lhs = _substitute(node.lhs, constants, read)  # type: ignore[union-attr]
+        rhs = _substitute(node.rhs, constants, read)  # type: ignore[union-attr]
+        if lhs is not node.lhs or rhs is not node.rhs:  # type: ignore[union-attr]
+            node = Binary(node.op, lhs, rhs, node.loc)  # type: ignore[union-attr]
+        constant = type(lhs) is Num and type(rhs) is Num
+    elif kind is Unary:
+        operand = _substitute(node.operand, constants, read)  # type: ignore[union-attr]
+        if operand is not node.operand:  # type: ignore[union-attr]
+            node = Unary(node.op, operand, node.loc)  # type: ignore[union-attr]
+        constant = type(operand) is Num
+    elif kind is Call:
+        args = tuple(_substitute(a, constants, read) for a in node.args)  # type: ignore[union-attr]
+        if any(a is not b for a, b in zip(args, node.args, strict=True)):  # type: ignore[union-attr]
+            node = Call(node.fn, args, node.loc)  # type: ignore[union-attr]
+        constant = all(type(a) is Num for a in args)
+    elif kind is Access:
+        indices = tuple(_substitute(i, constants, read) for i in node.indices)  # type: ignore[union-attr]
+        return read(Access(node.tensor, indices, node.loc))  # type: ignore[union-attr]
+    else:
+        constant = False
+    if not constant:  # _fold folds literals only
+        return node
+    folded = _fold(node)
+    return node if folded is None else folded
 
 
 def _extents(symbols: tuple[str, ...], constants: dict[str, int | float]) -> list[int]:

@@ -32,13 +32,16 @@ import numpy as np
 
 from einscade.passes.analysis.block_layout import tile_counts
 from einscade.passes.analysis.cost import Pairs
-from einscade.passes.analysis.factor_arrays import FactorArrays, Kinds, profile_counts
+from einscade.passes.analysis.factor_arrays import FactorArrays, Kinds
+from einscade.passes.analysis.factor_batch import batch_box, batch_grid
+from einscade.passes.analysis.flat_pairs import MAX_PAIRS, flat_pairs
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import pad_box
 
+BATCHED = 3  # tilings of a one-axis factor answered in one batch, at least (factor_batch.py)
 UNION = "union"  # a factor's key region is several boxes: no single key box (box mode)
-MAX_PAIRS = 1 << 18  # (query tile, key tile) pairs costed at once at most (else: sampled)
+__all__ = ["MAX_PAIRS", "UNION", "ProductMask", "flat_pairs", "product_mask", "product_pairs"]
 Spans = tuple[Interval, ...]  # a factor tile: one interval per axis of the factor
 BoxPart = tuple[Box, int] | str | None  # (key box, truth), UNION, or None (no key)
 GridPart = list[tuple[tuple[int, ...], bool]]  # (key tile coordinates, full)
@@ -57,6 +60,9 @@ class ProductMask:
         # Factors over consecutive axes list key tiles in row-major order already.
         flat = [a for axes, _ in factors for a in axes]
         self.ordered = flat == sorted(flat)
+        # Factors with one table (a window per axis: the evaluator builds it once) share
+        # their answers: a factor's cache key is the first factor with its table.
+        self._same = [_first_with_table(evaluator, factors, f) for f in range(len(factors))]
         self._boxes: dict[tuple, BoxPart] = {}  # type: ignore[type-arg]
         self._grids: dict[tuple, GridPart] = {}  # type: ignore[type-arg]
         self._arrays: dict[int, FactorArrays | None] = {}
@@ -67,6 +73,7 @@ class ProductMask:
 
     def arrays(self, factor: int) -> FactorArrays | None:
         """The factor's table counts (None without a dense table)."""
+        factor = self._same[factor]
         if factor not in self._arrays:
             index = self.factors[factor][1]
             dense = None if index is None else self.evaluator.groups[index].dense
@@ -76,7 +83,7 @@ class ProductMask:
     def pairs(self, factor: int, tile: tuple[int, ...], key_tile, pad: int) -> Kinds | None:  # type: ignore[no-untyped-def]
         """The (factor tile, key part) pairs of one factor for query tiles of extents
         ``tile`` on its axes, as :func:`kinds` (cached: tilings share them)."""
-        key = (factor, tile, key_tile, pad)
+        key = (self._same[factor], tile, key_tile, pad)
         if key not in self._pairs:
             extents = [self.extents[a] for a in self.factors[factor][0]]
             self._pairs[key] = _factor_pairs(self, factor, extents, tile, key_tile, pad)
@@ -85,7 +92,7 @@ class ProductMask:
     def kind_rows(self, factor: int, tile: tuple[int, ...], key_tile, pad: int):  # type: ignore[no-untyped-def]
         """:meth:`pairs` as a list of (query size, key size, full, count) tuples with the
         count of tiles, or None (cached: product_pairs combines them in Python)."""
-        key = (factor, tile, key_tile, pad)
+        key = (self._same[factor], tile, key_tile, pad)
         if key not in self._rows:
             arrays = self.pairs(factor, tile, key_tile, pad)
             rows = None if arrays is None else list(zip(*(a.tolist() for a in arrays), strict=True))
@@ -96,7 +103,25 @@ class ProductMask:
         """Fill :meth:`pairs`'s cache for the box tilings (query tile, key tile or None, pad)
         that :func:`product_pairs` will ask for, for the factors with a dense table (one
         block sum per factor and tiling, factor_arrays.py)."""
-        for factor, sub_tile, sub_key, pad in self._requests(tilings):
+        requests = list(self._requests(tilings))
+        grids: dict[int, list[tuple[int, int]]] = {}
+        boxes: dict[int, list[tuple[int, int]]] = {}
+        for factor, sub_tile, sub_key, pad in requests:  # one-axis factors: in one batch
+            arrays = self.arrays(factor)
+            if arrays is not None and arrays.d == 1:
+                if sub_key is None:
+                    boxes.setdefault(self._same[factor], []).append((sub_tile[0], pad))
+                else:
+                    grids.setdefault(self._same[factor], []).append((sub_tile[0], sub_key[0]))
+        for factor, found in grids.items():  # few tiles each: else one block sum is cheaper
+            n = self.arrays(factor).extents[0]  # type: ignore[union-attr]
+            small = [(q, k) for q, k in dict.fromkeys(found) if -(-n // q) * -(-n // k) <= 1024]
+            if len(small) >= BATCHED:
+                batch_grid(self.arrays(factor), small)  # type: ignore[arg-type]
+        for factor, found in boxes.items():
+            if len(set(found)) >= BATCHED:
+                batch_box(self.arrays(factor), found)  # type: ignore[arg-type]
+        for factor, sub_tile, sub_key, pad in requests:
             if self.arrays(factor) is not None:
                 self.pairs(factor, sub_tile, sub_key, pad)
 
@@ -118,7 +143,8 @@ class ProductMask:
     def box_part(self, factor: int, spans: Spans, pad: int) -> BoxPart:
         """The key box of a factor tile (its key region's one box, the innermost grid axis
         padded to a multiple of ``pad``) and its truth; None without keys; UNION."""
-        key = (factor, spans, pad)
+        last = self.factors[factor][0][-1] == len(self.extents) - 1  # only it is padded
+        key = (self._same[factor], spans, pad if last else 1)
         found = self._boxes.get(key, False)
         if found is False:
             found = self._boxes[key] = self._box_part(factor, spans, pad)
@@ -140,7 +166,7 @@ class ProductMask:
     def grid_part(self, factor: int, spans: Spans, tile: tuple[int, ...]) -> GridPart:
         """Key tiles (coordinates on the factor's axes, full) of a factor tile in grid mode,
         ``tile`` giving the key tile's extent on each of them; empty tiles left out."""
-        key = (factor, spans, tile)
+        key = (self._same[factor], spans, tile)
         found = self._grids.get(key)
         if found is None:
             found = self._grids[key] = self._grid_part(factor, spans, tile)
@@ -204,6 +230,19 @@ def product_mask(evaluator: BoxEvaluator) -> ProductMask | None:
     return ProductMask(evaluator, sorted(factors, key=lambda f: f[0]))
 
 
+def _first_with_table(evaluator: BoxEvaluator, factors, factor: int) -> int:  # type: ignore[no-untyped-def]
+    """The first factor whose dense table is ``factor``'s (the same array), else itself."""
+    index = factors[factor][1]
+    dense = None if index is None else evaluator.groups[index].dense
+    if dense is None:
+        return factor
+    for other, (_, other_index) in enumerate(factors[:factor]):
+        found = None if other_index is None else evaluator.groups[other_index].dense
+        if found is not None and found.allowed is dense.allowed:
+            return other
+    return factor
+
+
 def _place(box: Box, axes: Sequence[int], spans: Box) -> Box:
     wide = list(box)
     for a, span in zip(axes, spans, strict=True):
@@ -222,37 +261,45 @@ def product_pairs(
     tile (``key_tile`` None, padded by ``pad``) or a grid of key boxes ``key_tile``, as
     kinds with counts for :func:`cost.pairs_costs` (:func:`kinds`); None where a factor's key
     region is a union (box mode) or the pairs are too many."""
-    parts, tiles = [], 1
+    parts, tiles, pairs = [], 1, 1
     for factor, (axes, _) in enumerate(product.factors):
-        extents = tuple(query_tile[a] for a in axes)
-        sub_tile = None if key_tile is None else tuple(key_tile[a] for a in axes)
+        if len(axes) == 1:  # the common case, without generators
+            (axis,) = axes
+            extents = (query_tile[axis],)
+            sub_tile = None if key_tile is None else (key_tile[axis],)
+            tiles *= -(-product.extents[axis] // extents[0])
+        else:
+            extents = tuple(query_tile[a] for a in axes)
+            sub_tile = None if key_tile is None else tuple(key_tile[a] for a in axes)
+            counts = (-(-product.extents[a] // t) for a, t in zip(axes, extents, strict=True))
+            tiles *= math.prod(counts)
         last = axes[-1] == len(product.extents) - 1
         found = product.kind_rows(factor, extents, sub_tile, pad if last else 1)
         if found is None:
             return None
-        parts.append(found)
-        tiles *= math.prod(-(-product.extents[a] // t) for a, t in zip(axes, extents, strict=True))
-    if math.prod(total for _, total in parts) > MAX_PAIRS:
+        parts.append(found[0])
+        pairs *= found[1]
+    if pairs > MAX_PAIRS:
         return None
-    if math.prod(len(rows) for rows, _ in parts) > PYTHON_COMBINATIONS:
-        columns = [np.array(c) for c in zip(*parts[0][0], strict=True)]
-        for rows, _ in parts[1:]:
+    if math.prod(map(len, parts)) > PYTHON_COMBINATIONS:
+        columns = [np.array(c) for c in zip(*parts[0], strict=True)]
+        for rows in parts[1:]:
             other = [np.array(c) for c in zip(*rows, strict=True)]
             columns = [
                 combine.outer(a, b).reshape(-1)
                 for combine, a, b in zip(_COMBINE, columns, other, strict=True)
             ]
         return tiles, *columns  # type: ignore[return-value]
-    combined = [(1, 1, True, 1)]
-    for rows, _ in parts:  # few kinds per factor: their combinations in Python
+    combined = parts[0]
+    for rows in parts[1:]:  # few kinds per factor: their combinations in Python
         combined = [
             (q * q2, k * k2, f and f2, c * c2)
             for q, k, f, c in combined
             for q2, k2, f2, c2 in rows
         ]  # fmt: skip
+    # Sequences, not arrays: pairs_costs converts every layout's kinds at once.
     queries, keys, full, counts = zip(*combined, strict=True) if combined else ((),) * 4
-    return (tiles, np.array(queries, np.int64), np.array(keys, np.int64),
-            np.array(full, bool), np.array(counts, np.int64))  # fmt: skip
+    return tiles, queries, keys, full, counts  # type: ignore[return-value]
 
 
 _COMBINE = (np.multiply, np.multiply, np.logical_and, np.multiply)
@@ -283,9 +330,47 @@ def _factor_pairs(product, factor, extents, tile, sub_tile, pad):  # type: ignor
         found = arrays.tiled_box(tuple(tile), pad)
         if found is not None:
             return found
+    elif product.factors[factor][1] is None:
+        return _free_pairs(extents, tile, sub_tile)
     per_axis = [_axis_spans(n, t) for n, t in zip(extents, tile, strict=True)]
     found = _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad)
     return None if found is None else kinds(*found)
+
+
+def _free_pairs(extents, tile, key_tile) -> Kinds:  # type: ignore[no-untyped-def]
+    """:func:`_factor_pairs` of a factor no conjunct reads (every pair allowed): each query
+    tile's key box is the whole of its axes (full), or it meets every key tile (full);
+    counted per tile size in Python, as :func:`kinds` orders them."""
+    found: dict[tuple[int, int], int] = {}
+    queries = _sizes(extents, tile)
+    keys = {math.prod(extents): 1} if key_tile is None else _sizes(extents, key_tile)
+    for q, q_count in queries.items():
+        for k, k_count in keys.items():
+            found[(q, k)] = found.get((q, k), 0) + q_count * k_count
+    pairs = sorted(found.items())
+    return (np.array([q for (q, _), _ in pairs], np.int64),
+            np.array([k for (_, k), _ in pairs], np.int64),
+            np.ones(len(pairs), bool), np.array([c for _, c in pairs], np.int64))  # fmt: skip
+
+
+def _sizes(extents, tile) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    """Tile sizes (tails clipped) of a tiling of ``extents`` by ``tile``, with counts."""
+    found = {1: 1}
+    for n, t in zip(extents, tile, strict=True):
+        whole, tail = divmod(n, t)
+        lengths = {t: whole} if not tail else {t: whole, tail: 1}
+        if not whole:
+            lengths = {tail: 1}
+        found = _product_counts(found, lengths)
+    return found
+
+
+def _product_counts(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for x, count_x in a.items():
+        for y, count_y in b.items():
+            found[x * y] = found.get(x * y, 0) + count_x * count_y
+    return found
 
 
 def _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad):  # type: ignore[no-untyped-def]
@@ -316,129 +401,3 @@ def _factor_pairs_by_tile(product, factor, per_axis, sub_tile, pad):  # type: ig
 
 def _tile_size(coords: tuple[int, ...], tile: tuple[int, ...], extents: list[int]) -> int:
     return math.prod(min(t, n - c * t) for c, t, n in zip(coords, tile, extents, strict=True))
-
-
-def flat_pairs(product: ProductMask, query_size: int, key_size: int) -> Pairs | None:
-    """:func:`product_pairs` for row-major token tiles of ``query_size`` tokens with key
-    tiles of ``key_size`` tokens (FlexAttention's blocks on a grid): every block's allowed
-    pairs from ``F(a, b)``, the allowed pairs among the first ``a`` query and ``b`` key
-    tokens, at the tile boundaries. A prefix of row-major tokens is at most one box per axis
-    (rows before, then a partial row, recursively), so ``F`` is a sum over pairs of those
-    boxes of products of factor counts, each a summed-area lookup."""
-    tokens = math.prod(product.extents)
-    q_edges, k_edges = _edges(tokens, query_size), _edges(tokens, key_size)
-    if (len(q_edges) - 1) * (len(k_edges) - 1) > MAX_PAIRS:
-        return None
-    counts = product.flat_counts.get((query_size, key_size))
-    if counts is None:
-        counts = _finer_counts(product, tokens, query_size, key_size)
-    if counts is None:
-        counts = _prefix_counts(product, q_edges, k_edges)
-    product.flat_counts[(query_size, key_size)] = counts
-    blocks = counts[1:, 1:] - counts[:-1, 1:] - counts[1:, :-1] + counts[:-1, :-1]
-    queries, keys = np.diff(q_edges), np.diff(k_edges)
-    # Tiles take two sizes per side (whole, clipped last): kinds by (tail, tail, full) codes.
-    q_tail, k_tail = queries != query_size, keys != key_size
-    full = blocks == queries[:, None] * keys[None, :]
-    codes = (q_tail[:, None] * 4 + k_tail[None, :] * 2 + full)[blocks > 0]
-    counts = np.bincount(codes, minlength=8)
-    seen = np.flatnonzero(counts)
-    sizes_q = np.array([query_size, int(queries[-1])])[seen // 4]
-    sizes_k = np.array([key_size, int(keys[-1])])[seen // 2 % 2]
-    return len(q_edges) - 1, sizes_q, sizes_k, (seen % 2).astype(bool), counts[seen]
-
-
-def _edges(tokens: int, size: int) -> np.ndarray:
-    """Token tile boundaries: multiples of ``size``, the last one clipped to ``tokens``."""
-    return np.minimum(np.arange(0, tokens + size, size), tokens)
-
-
-def _finer_counts(product: ProductMask, tokens: int, query_size: int, key_size: int):  # type: ignore[no-untyped-def]
-    """``F`` at the edges of (query_size, key_size) tiles read off ``F`` of finer tiles
-    already counted (sizes dividing these): every edge here is an edge there (a multiple of
-    the finer size, or the clipped last one), so the counts are exact; None if none."""
-    for (q, k), counts in product.flat_counts.items():
-        if query_size % q or key_size % k:
-            continue
-        rows = _subset(tokens, query_size, q)
-        cols = _subset(tokens, key_size, k)
-        return counts[np.ix_(rows, cols)]
-    return None
-
-
-def _subset(tokens: int, size: int, finer: int) -> np.ndarray:
-    """Indices of the ``size`` edges among the ``finer`` edges (``finer`` divides ``size``)."""
-    fine = _edges(tokens, finer)
-    return np.searchsorted(fine, _edges(tokens, size))
-
-
-def _prefix_counts(product: ProductMask, q_edges: np.ndarray, k_edges: np.ndarray) -> np.ndarray:
-    """``F(a, b)`` (:func:`flat_pairs`) for every query edge ``a`` and key edge ``b``."""
-    q_boxes, k_boxes = (
-        _prefix_boxes(q_edges, product.extents),
-        _prefix_boxes(k_edges, product.extents),
-    )
-    # On an axis a prefix box is fixed (axes before its own), a prefix or whole (after): a
-    # factor's count depends only on those kinds, so box pairs share it. Axes no conjunct
-    # reads allow every pair: their count is a product of the two boxes' volumes. A factor's
-    # table is summed over each query box once (a profile per query kind), then read per key
-    # box with row gathers.
-    dense = [f for f, (_, index) in enumerate(product.factors) if index is not None]
-    free = [a for axes, index in product.factors if index is None for a in axes]
-    shared: dict[tuple, np.ndarray] = {}  # type: ignore[type-arg]
-    profiles: dict[tuple, np.ndarray] = {}  # type: ignore[type-arg]
-    counts = 0
-    k_volumes = [_volume_of(k_lo, k_hi, free)[None, :] for k_lo, k_hi in k_boxes]
-    for kq, (q_lo, q_hi) in enumerate(q_boxes):
-        q_volume = _volume_of(q_lo, q_hi, free)[:, None]
-        for kk, (k_lo, k_hi) in enumerate(k_boxes):
-            term = q_volume * k_volumes[kk]
-            for factor in dense:
-                axes = product.factors[factor][0]
-                q_kinds = (factor, *(_kind(a, kq) for a in axes))
-                kinds = (*q_kinds, *(_kind(a, kk) for a in axes))
-                found = shared.get(kinds)
-                if found is None:
-                    profile = profiles.get(q_kinds)
-                    if profile is None:
-                        arrays = product.arrays(factor)
-                        lo, hi = [q_lo[a] for a in axes], [q_hi[a] for a in axes]
-                        profile = profiles[q_kinds] = arrays.query_profile(lo, hi)  # type: ignore[union-attr]
-                    lo, hi = [k_lo[a] for a in axes], [k_hi[a] for a in axes]
-                    found = shared[kinds] = profile_counts(profile, lo, hi)
-                term = term * found
-            counts = counts + term
-    return np.broadcast_to(counts, (len(q_edges), len(k_edges)))
-
-
-def _volume_of(lo: list, hi: list, axes: list[int]) -> np.ndarray:  # type: ignore[type-arg]
-    """Per edge, the number of points of a prefix box on ``axes`` (1 without axes)."""
-    found = np.ones_like(hi[0])
-    for a in axes:
-        found = found * np.maximum(hi[a] + 1 - (0 if lo[a] is None else lo[a]), 0)
-    return found
-
-
-def _kind(axis: int, box: int) -> int:
-    """How prefix box ``box`` spans ``axis``: fixed (-1), a prefix (0) or whole (1)."""
-    return (axis > box) - (axis < box)
-
-
-def _prefix_boxes(edges: np.ndarray, extents: tuple[int, ...]):  # type: ignore[no-untyped-def]
-    """Per edge ``a``, the tokens ``[0, a)`` as one box per axis ``k`` (lo, hi lists per
-    axis, arrays over the edges; a lower bound None is 0): axes before ``k`` fixed at
-    ``a``'s coordinates, axis ``k`` in ``[0, c_k - 1]`` (empty when ``c_k`` is 0), later
-    axes whole."""
-    strides = [math.prod(extents[k + 1 :]) for k in range(len(extents))]
-    coords = [edges // strides[0]] + [
-        (edges // s) % n for s, n in zip(strides[1:], extents[1:], strict=True)
-    ]
-    zero = np.zeros_like(edges)
-    fixed = [np.minimum(c, n - 1) for c, n in zip(coords, extents, strict=True)]  # a = N: empty
-    boxes = []
-    for k in range(len(extents)):
-        lo = [fixed[j] if j < k else None for j in range(len(extents))]
-        hi = [fixed[j] if j < k else (coords[k] - 1 if j == k else zero + extents[j] - 1)
-              for j in range(len(extents))]  # fmt: skip
-        boxes.append((lo, hi))
-    return boxes

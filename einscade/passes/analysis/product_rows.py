@@ -57,7 +57,16 @@ def product_box_rows(
 
 def _factor_answers(product: ProductMask, factor: int, axes: list[tuple[int, int]], pad: int):  # type: ignore[no-untyped-def]
     """Per factor tile (row-major over the factor's axes, each (extent, tile)): its kind and
-    key box (lo and length per axis), from :meth:`ProductMask.box_part`; None on a union."""
+    key box (lo and length per axis), from the factor's table counts when it has a table
+    (the boxes of ``FactorArrays.tile_boxes``, those of :meth:`ProductMask.box_part`), else
+    from :meth:`ProductMask.box_part`; None on a union."""
+    arrays = product.arrays(factor)
+    if arrays is not None:
+        last = product.factors[factor][0][-1] == len(product.extents) - 1
+        found = arrays.tile_boxes(tuple(t for _, t in axes), pad if last else 1)
+        if found is not None:
+            some, lo, length, full = found
+            return np.where(some, np.where(full, FULL, PARTIAL), NONE), lo, length
     per_axis = [[Interval(o, min(o + t, n) - 1) for o in range(0, n, t)] for n, t in axes]
     kinds, los, lengths = [], [], []
     for spans in itertools.product(*per_axis):
