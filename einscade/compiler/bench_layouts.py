@@ -233,8 +233,9 @@ def measure(row: Row, repeat: int, compiled: bool, blocks_64: bool) -> Result:
     mask_mod = row.mask_mod()
     bound = mask.bind(sizes, None, lookups)
     check_mask_mod(bound, mask_mod, row)
-    # Ours is cheap: more runs make its best time robust to a busy machine.
-    ours = timed(lambda: choose_layout(mask, sizes, None, lookups), max(repeat, 5))
+    # Warm calls that are cheap get more runs (up to WARM_RUNS within WARM_BUDGET_S), ours
+    # and compiled FlexAttention alike: the best of more runs is robust to a busy machine.
+    ours = timed(lambda: choose_layout(mask, sizes, None, lookups), max(repeat, 5), WARM_RUNS)
     choice = choose_layout(mask, sizes, None, lookups)
     useful = count_allowed(choice.layout, choice.bound)
     choice = choose_layout(mask, sizes, None, lookups, useful_elements=useful)
@@ -251,15 +252,20 @@ def measure(row: Row, repeat: int, compiled: bool, blocks_64: bool) -> Result:
         torch._dynamo.reset()
         compiled_fn = torch.compile(create_block_mask)
         call = lambda: compiled_fn(mask_mod, 1, 1, n, n, device="cpu")  # noqa: E731
-        flex_compiled = timed(call, max(repeat, 5))  # warm runs are cheap but noisy
+        flex_compiled = timed(call, max(repeat, 5), WARM_RUNS)
     flex_64 = _blocks(eager(64)) if blocks_64 else None
     return Result(row, useful, choice, ours, flex_eager, flex_compiled, _blocks(eager()), flex_64)
 
 
-def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """(first call, best of ``repeat`` more) in seconds, each after a garbage collection."""
+WARM_RUNS = 20
+WARM_BUDGET_S = 1.0
+
+
+def timed(fn: Callable[[], object], repeat: int, most: int = 0) -> tuple[float, float]:
+    """(first call, best of the warm runs) in seconds, each after a garbage collection:
+    ``repeat`` warm runs, then more up to ``most`` while they took under WARM_BUDGET_S."""
     times = []
-    for _ in range(repeat + 1):
+    while len(times) < repeat + 1 or (len(times) < most + 1 and sum(times[1:]) < WARM_BUDGET_S):
         gc.collect()
         start = time.perf_counter()
         fn()

@@ -7,9 +7,10 @@
 // chunk's masked columns, the online softmax update (running max m, running sum l, O
 // rescaled by exp(m_old - m_new)) vectorised across query rows, O += P V by the same
 // micro-kernel reading the V rows in place. At the end out = O / l (a row that saw no
-// allowed key: 0). Scores never leave the core's cache; nothing here is N x N. The next
-// item's rows are prefetched while the current one computes, and the output is written
-// with streaming stores (the memory traffic, not the FLOPs, bounds tiles of 64 x 64).
+// allowed key: 0). Scores never leave the core's cache; nothing here is N x N. The output
+// is written with streaming stores: on tiles of 64 x 64 the memory traffic (every Q, K, V
+// row read once, every output row written once), not the FLOPs, bounds the kernel, and
+// software prefetching of the next item measured no faster.
 //
 // Portable C++: GCC vector extensions (16 floats) compile to AVX-512, AVX2 pairs or SSE
 // quads depending on -march; FMAs come from -ffp-contract=fast. No OpenMP: std::threads take
@@ -29,18 +30,33 @@
 
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));
-typedef float vf_unaligned __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64)));
-constexpr int64_t W = 16;          // floats per vector
+// Vectors of 16 floats where the target has 32 vector registers of that width (AVX-512),
+// else of 8 (AVX2 and older: 16 registers, so the micro-kernel gets fewer columns).
+#ifdef __AVX512F__
+#define EINSCADE_VECTOR_BYTES 64
+#define EINSCADE_COLS 4
+#else
+#define EINSCADE_VECTOR_BYTES 32
+#define EINSCADE_COLS 2
+#endif
+typedef float vf __attribute__((vector_size(EINSCADE_VECTOR_BYTES)));
+typedef float vf_unaligned __attribute__((vector_size(EINSCADE_VECTOR_BYTES), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(EINSCADE_VECTOR_BYTES)));
+constexpr int64_t W = EINSCADE_VECTOR_BYTES / 4;  // floats per vector
 constexpr int64_t ROWS = 4;        // rows per micro-kernel block
-constexpr int64_t COLS = 4;        // vectors per micro-kernel block (64 columns)
+constexpr int64_t COLS = EINSCADE_COLS;  // vectors per micro-kernel block (64 columns)
 constexpr int64_t KEY_CHUNK = 512; // keys per online-softmax step: S, K^T, V stay in L2
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
 inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
 inline void store(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
-inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+inline vf splat(float x) {  // vbroadcastss
+#if EINSCADE_VECTOR_BYTES == 64
+  return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#else
+  return vf{x, x, x, x, x, x, x, x};
+#endif
+}
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Keys per online-softmax step: equal chunks of at most KEY_CHUNK (575 keys: 2 x 288, not
@@ -62,7 +78,7 @@ inline bool can_stream(const float* base, int64_t width) {
 
 inline void stream(float* p, vf x) {
 #ifdef __AVX512F__
-  _mm512_stream_ps(p, reinterpret_cast<__m512&>(x));
+  _mm512_stream_ps(p, __builtin_bit_cast(__m512, x));
 #else
   store(p, x);
 #endif
@@ -84,7 +100,7 @@ inline vf exp_nonpositive(vf x) {
   p = p * r + splat(1.0f);
   p = p * r + splat(1.0f);
   vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf result = p * reinterpret_cast<vf&>(bits);
+  vf result = p * __builtin_bit_cast(vf, bits);
   return x < low ? splat(0.0f) : result;
 }
 
@@ -117,41 +133,12 @@ inline void micro(const float* const* a_rows, int64_t a_step, const float* const
     for (int v = 0; v < NV; ++v) store(c + r * ldc + v * W, acc[r][v]);
 }
 
-// The cache lines the next work item reads first, prefetched into L2 a few at a time
-// between row blocks of the current item's GEMMs: issued all at once they would fill the
-// core's miss buffers and stall it for the whole transfer.
-struct Prefetcher {
-  std::vector<const char*> lines;
-  size_t next = 0;
-  size_t per_step = 0;
-
-  void add_row(const float* row, int64_t width) {
-    const char* bytes = reinterpret_cast<const char*>(row);
-    for (int64_t byte = 0; byte < width * 4; byte += 64) lines.push_back(bytes + byte);
-  }
-  void plan(size_t steps) {  // spread the lines over about `steps` calls of step()
-    next = 0;
-    per_step = (lines.size() + steps - 1) / std::max<size_t>(steps, 1);
-  }
-  void step() {
-    const size_t end = std::min(lines.size(), next + per_step);
-    for (; next < end; ++next) __builtin_prefetch(lines[next], 0, 2);
-  }
-  void finish() {
-    per_step = lines.size();
-    step();
-    lines.clear();
-  }
-};
-
 // C[rows, cols] (+)= A[rows, depth] B[depth, cols] (A, B as in micro); rows % ROWS == 0,
-// cols % W == 0. Prefetches proceed after every block of rows.
+// cols % W == 0.
 template <bool ACCUMULATE>
 void gemm(const float* const* a_rows, int64_t a_step, const float* const* b_rows,
-          int64_t depth, float* c, int64_t ldc, int64_t rows, int64_t cols,
-          Prefetcher& prefetcher) {
+          int64_t depth, float* c, int64_t ldc, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; r += ROWS) {
-    prefetcher.step();
     const float* const* a = a_rows + r;
     float* c_rows = c + r * ldc;
     int64_t col = 0;
@@ -199,7 +186,6 @@ namespace {
 struct Scratch {
   std::vector<float> qt, st, o, v, zeros;
   std::vector<const float*> q_rows, k_rows, v_rows, p_rows;
-  Prefetcher prefetcher;
 };
 
 float* sized(std::vector<float>& buffer, int64_t count) {
@@ -221,11 +207,11 @@ struct Item {
   int64_t rows, rows_padded, v_cols;
 };
 
-// 16 x 16 transpose in registers: for h = 8, 4, 2, 1 the two off-diagonal h x h blocks of
+// W x W transpose in registers: for h = W / 2, ..., 2, 1 the two off-diagonal h x h blocks of
 // every 2h x 2h block swap (two-source shuffles); after the four stages m is transposed.
-inline void transpose16(vf m[W]) {
+inline void transpose(vf m[W]) {
 #pragma GCC unroll 4
-  for (int h = 8; h >= 1; h /= 2) {
+  for (int h = W / 2; h >= 1; h /= 2) {
     vi low, high;
     for (int c = 0; c < W; ++c) {
       low[c] = (c & h) ? W + c - h : c;
@@ -242,7 +228,7 @@ inline void transpose16(vf m[W]) {
 }
 
 // Q^T [E, rows_padded], scaled; padding rows are zero. q_rows[d] points at row d. Blocks
-// of 16 rows x 16 dims go through transpose16; a dim tail (E % 16) is copied one by one.
+// of W rows x W dims go through transpose; a dim tail (E % W) is copied one by one.
 void transpose_queries(const Item& it, Scratch& s) {
   const EinscadeProblem& p = it.p;
   const int64_t tq = it.g.tile_queries, e = p.qk_dim, ld = it.rows_padded;
@@ -260,7 +246,7 @@ void transpose_queries(const Item& it, Scratch& s) {
     for (int64_t d0 = 0; d0 < full; d0 += W) {
       vf block[W];
       for (int w = 0; w < W; ++w) block[w] = load(source[r0 + w] + d0) * scale;
-      transpose16(block);
+      transpose(block);
       for (int w = 0; w < W; ++w) store(qt + (d0 + w) * ld + r0, block[w]);
     }
     for (int64_t d = full; d < e; ++d)
@@ -367,27 +353,6 @@ void write_out(const Item& it, const float* o, const float* l) {
   }
 }
 
-// Queue the lines of the rows an item reads first (its query rows, its first chunk's K and
-// V rows) so that they arrive in L2 while the previous item computes.
-void queue_item(const Item& it, Prefetcher& prefetcher) {
-  const EinscadeProblem& p = it.p;
-  const int64_t tq = it.g.tile_queries;
-  const int64_t* queries = it.g.query_tokens + it.t * tq;
-  for (int64_t h = 0; h < p.heads; ++h) {
-    const float* head = p.q + ((it.bk * p.heads + h) * p.queries) * p.qk_dim;
-    for (int64_t i = 0; i < tq; ++i) prefetcher.add_row(head + queries[i] * p.qk_dim, p.qk_dim);
-  }
-  const int64_t* keys = it.g.key_tokens + it.t * it.g.tile_keys;
-  const int64_t count = chunk_length(it.g.tile_keys);
-  for (int64_t j = 0; j < count; ++j) {
-    prefetcher.add_row(p.k + (it.bk * p.keys + keys[j]) * p.qk_dim, p.qk_dim);
-    prefetcher.add_row(p.v + (it.bk * p.keys + keys[j]) * p.v_dim, p.v_dim);
-  }
-  // one step per row block of the two GEMMs of the first chunk
-  const int64_t rows = round_up(p.heads * tq, W);
-  prefetcher.plan((round_up(count, ROWS) + rows) / ROWS);
-}
-
 void attend_item(const Item& it, Scratch& s) {
   const EinscadeProblem& p = it.p;
   const int64_t ld = it.rows_padded, vc = it.v_cols;
@@ -406,16 +371,14 @@ void attend_item(const Item& it, Scratch& s) {
     key_rows(it, s, c0, count, padded);
     float* st = sized(s.st, padded * ld);
     // S^T [keys, rows] = K [keys, E] Q^T [E, rows]
-    gemm<false>(s.k_rows.data(), 1, s.q_rows.data(), p.qk_dim, st, ld, padded, ld,
-                s.prefetcher);
+    gemm<false>(s.k_rows.data(), 1, s.q_rows.data(), p.qk_dim, st, ld, padded, ld);
     apply_mask(it, st, c0, count, padded);
     online_softmax(it, st, padded, m, l, o, c0 == 0);
     // O [rows, F] += P [rows, keys] V [keys, F], P(r, j) = S^T[j, r]
     for (int64_t r = 0; r < ld; ++r) p_rows[r] = st + r;
-    gemm<true>(p_rows, ld, s.v_rows.data(), padded, o, vc, ld, vc, s.prefetcher);
+    gemm<true>(p_rows, ld, s.v_rows.data(), padded, o, vc, ld, vc);
   }
   write_out(it, o, l);
-  s.prefetcher.finish();
 }
 
 }  // namespace
@@ -442,14 +405,9 @@ int einscade_attend(const EinscadeProblem* problem, const EinscadeGroup* groups,
   auto worker = [&]() {
     Scratch scratch;
     scratch.zeros.assign(std::max(problem->qk_dim, v_cols), 0.0f);
-    int64_t group = 0, ahead_group = 0;
-    int64_t index = next++;
-    while (index < items) {
-      const int64_t ahead = next++;  // claimed now: its rows load while this item computes
-      if (ahead < items) queue_item(item(ahead, ahead_group), scratch.prefetcher);
+    int64_t group = 0;
+    for (int64_t index = next++; index < items; index = next++)
       attend_item(item(index, group), scratch);
-      index = ahead;
-    }
 #ifdef __AVX512F__
     _mm_sfence();  // the streamed output is visible before the join
 #endif

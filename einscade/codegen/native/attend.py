@@ -35,9 +35,11 @@ def attend_plan(
     out: torch.Tensor,
     scale: float,
     threads: int,
+    library: ctypes.CDLL | None = None,
 ) -> None:
-    """Fill ``out`` for every query token of ``plan`` (tokens that see no key: 0)."""
-    library = load()
+    """Fill ``out`` for every query token of ``plan`` (tokens that see no key: 0), with
+    ``library`` (default: the one :func:`load` builds for this machine)."""
+    library = library or load()
     if library is None:
         raise RuntimeError("einscade native kernel: not available")
     exact = out.dtype == torch.float32 and out.is_contiguous()

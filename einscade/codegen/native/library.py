@@ -61,29 +61,30 @@ def compiler() -> str | None:
     return None
 
 
-def library_path(cxx: str) -> Path:
-    """Where the build for this source, compiler and CPU lives."""
+def library_path(cxx: str, flags: tuple[str, ...] = FLAGS) -> Path:
+    """Where the build for this source, flags, compiler and CPU lives."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(SOURCE.read_bytes())
-    digest.update(" ".join(FLAGS).encode())
+    digest.update(" ".join(flags).encode())
     digest.update(_version(cxx).encode())
     digest.update(platform.machine().encode())
     digest.update(_cpu_flags().encode())
     return knobs.cache_root() / "native" / digest.hexdigest() / "libeinscade_attend.so"
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernel into the cache (atomically: concurrent builds are safe)."""
+def build(force: bool = False, flags: tuple[str, ...] = FLAGS) -> Path:
+    """Compile the kernel into the cache (atomically: concurrent builds are safe).
+    ``flags`` other than :data:`FLAGS` build variants (tests build the AVX2 one)."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    target = library_path(cxx)
+    target = library_path(cxx, flags)
     if target.exists() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
-    command = [cxx, *FLAGS, str(SOURCE), "-o", str(partial)]
+    command = [cxx, *flags, str(SOURCE), "-o", str(partial)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
@@ -111,14 +112,19 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     if knobs.NATIVE.get() == "0":
         return None, "EINSCADE_NATIVE=0"
     try:
-        library = ctypes.CDLL(str(build()))
+        return open_library(build()), ""
     except (RuntimeError, OSError) as why:
         return None, f"native kernel unavailable: {why}"
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    """Load a built kernel and declare its entry point's signature."""
+    library = ctypes.CDLL(str(path))
     function = library.einscade_attend
     function.restype = ctypes.c_int
     function.argtypes = [ctypes.POINTER(Problem), ctypes.POINTER(Group), ctypes.c_int64,
                          ctypes.c_float, ctypes.c_int64]  # fmt: skip
-    return library, ""
+    return library
 
 
 def _version(cxx: str) -> str:

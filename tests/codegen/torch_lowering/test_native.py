@@ -10,11 +10,13 @@ the compiler's error, and score maps it cannot apply stay on the matmul kernel.
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
 from codegen.torch_lowering.cases import CASES, inputs
-from einscade.codegen.native import library
+from einscade.codegen.native import attend, library
 from einscade.codegen.reference import reference
 from einscade.codegen.torch_lowering import TorchProgram
 from einscade.frontends.local import neighborhood_attention
@@ -126,3 +128,21 @@ def test_default_kernel_and_bad_kernel_name() -> None:
     assert TorchProgram(cascade, kernel="matmul").kernel_reason.startswith("kernel='matmul'")
     with pytest.raises(ValueError, match="kernel must be one of"):
         TorchProgram(cascade, kernel="fused")
+
+
+def test_the_avx2_build_is_exact_too(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Machines without AVX-512 get 8-float vectors and a narrower micro-kernel."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86 build variant")
+    monkeypatch.setenv("EINSCADE_CACHE_DIR", str(tmp_path))
+    flags = tuple("-march=haswell" if f == "-march=native" else f for f in library.FLAGS)
+    avx2 = library.open_library(library.build(flags=flags))
+    cascade = CASES["documents_causal_gqa"][0]()
+    tensors = inputs(cascade, {**CASES["documents_causal_gqa"][1], "E": 40, "F": 24},
+                     torch.float32)  # fmt: skip
+    expected = TorchProgram(cascade, kernel="matmul")(**tensors)
+    monkeypatch.setattr(attend, "load", lambda: avx2)
+    program = TorchProgram(cascade)
+    out = program(**tensors)
+    assert program.stats.kernel == "native"
+    assert (out - expected).abs().max().item() < 2e-5
