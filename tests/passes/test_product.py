@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from einscade.frontends.local import halo_attention, maxvit_attention, neighborhood_attention
 from einscade.passes.analysis import flat_pairs as flat_module
 from einscade.passes.analysis import product as product_module
+from einscade.passes.analysis import product_rows
 from einscade.passes.analysis.block_layout import KeyTile
 from einscade.passes.analysis.blocks import Classifier
 from einscade.passes.analysis.cost import Heads, layout_cost, pairs_costs, rows_cost
@@ -317,3 +318,31 @@ def test_prefix_counts_by_axis_equal_those_by_boxes(found, data) -> None:  # typ
         by_axis = flat_module._prefix_counts(product, q_edges, k_edges)
         by_boxes = flat_module._box_prefix_counts(product, q_edges, k_edges)
         assert np.array_equal(by_axis, by_boxes)
+
+
+@given(masks(), st.data())
+@SETTINGS
+def test_bit_answers_equal_the_array_answers(found, data) -> None:  # type: ignore[no-untyped-def]
+    """Factors answered with bits (factor_bits.py, rows built in Python) give the pairs and
+    the box rows that the array path (block sums, batches, gathers) gives."""
+    for classifier in _classifiers(found[0]):
+        extents = classifier.bound.query.extents
+        tile = tuple(data.draw(st.integers(1, n)) for n in extents)
+        pad = data.draw(st.sampled_from([1, 4, 16]))
+        tilings = [(tile, None, "box", pad), (tile, tile, "grid", 1)]
+        bits = Classifier(classifier.bound)
+        bits.prefetch_pairs(tilings)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(product_module, "BITS_LIMIT", 0)
+            patch.setattr(product_rows, "PYTHON_ROWS", 0)
+            arrays = Classifier(classifier.bound)
+            arrays.prefetch_pairs(tilings)
+            expected = [arrays.product_pairs(*t) for t in tilings]
+            expected_rows = product_box_rows(arrays.product, extents, tile, pad)
+        for one, many in zip(expected, [bits.product_pairs(*t) for t in tilings], strict=True):
+            assert (one is None) == (many is None)
+            if one is not None:
+                assert one[0] == many[0]
+                for a, b in zip(one[1:], many[1:], strict=True):
+                    assert np.asarray(a).tolist() == np.asarray(b).tolist()
+        assert product_box_rows(bits.product, extents, tile, pad) == expected_rows

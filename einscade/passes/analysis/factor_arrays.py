@@ -20,10 +20,13 @@ classification uses; these arrays feed the cost of candidate tilings.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
+
+from einscade.passes.analysis.factor_bits import TableBits
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # queries, keys, full per (tile, key part)
 # Visited tiles by kind: query size, key size, full, and how many tiles of that kind.
@@ -48,6 +51,15 @@ class FactorArrays:
         self.kinds: dict[tuple, Kinds | None] = {}  # type: ignore[type-arg]
         self.boxes: dict[tuple, Boxes | None] = {}  # type: ignore[type-arg]
         self._columns: np.ndarray | None = None
+        # The same answers as Python rows (query size, key size, full, count) and per-tile key
+        # boxes (has keys, lo, length, full), filled by factor_bits.py; arrays made on demand.
+        self.rows: dict[tuple, list[tuple[int, int, bool, int]] | None] = {}  # type: ignore[type-arg]
+        self.box_lists: dict[tuple, list[tuple[bool, int, int, bool]] | None] = {}  # type: ignore[type-arg]
+
+    @functools.cached_property
+    def bits(self) -> TableBits:
+        """The one-axis table as Python ints (factor_bits.py)."""
+        return TableBits(self.allowed)
 
     def tiled_grid(self, tile: tuple[int, ...], key_tile: tuple[int, ...]) -> Kinds:
         """The (query tile, key tile) pairs with an allowed pair, query tiles of extents
@@ -56,7 +68,9 @@ class FactorArrays:
         axes are clipped (its class), so the kinds are counted per (class, class, full)."""
         found = self.kinds.get((tile, key_tile))
         if found is None:
-            found = self.kinds[(tile, key_tile)] = self._tiled_grid(tile, key_tile)
+            rows = self.rows.get((tile, key_tile))
+            found = self._tiled_grid(tile, key_tile) if rows is None else _kinds(rows)
+            self.kinds[(tile, key_tile)] = found
         return found
 
     def _tiled_grid(self, tile: tuple[int, ...], key_tile: tuple[int, ...]) -> Kinds:
@@ -82,9 +96,15 @@ class FactorArrays:
         ``pad`` when ``pad > 1``), as kinds (query size, key size, full, count); None when
         some tile's keys are not one box (the per-tile path decides those). The key box
         holds every allowed key of its tile, so its allowed pairs are the tile's total."""
-        if (tile, pad) not in self.kinds:
-            self.kinds[(tile, pad)] = self._tiled_box(tile, pad)
-        return self.kinds[(tile, pad)]
+        key = (tile, pad)
+        if key not in self.kinds:
+            if key in self.rows:
+                rows, tiles = self.rows[key], self.box_lists[key]
+                self.kinds[key] = None if rows is None else _kinds(rows)
+                self.boxes[key] = None if tiles is None else _boxes(tiles)
+            else:
+                self.kinds[key] = self._tiled_box(tile, pad)
+        return self.kinds[key]
 
     def _tiled_box(self, tile: tuple[int, ...], pad: int) -> Kinds | None:
         d = self.d
@@ -182,6 +202,20 @@ class FactorArrays:
         if self._pairs is None:
             self._pairs = _summed(self.allowed, range(2 * self.d))
         return np.ascontiguousarray(np.moveaxis(_corner_sum(self._pairs, lo, hi), 0, -1))
+
+
+def _kinds(rows: list[tuple[int, int, bool, int]]) -> Kinds:
+    """Python rows (query size, key size, full, count) as :data:`Kinds` arrays."""
+    columns = tuple(zip(*rows, strict=True)) if rows else ((),) * 4
+    types = (np.int64, np.int64, bool, np.int64)
+    return tuple(np.array(c, t) for c, t in zip(columns, types, strict=True))  # type: ignore[return-value]
+
+
+def _boxes(tiles: list[tuple[bool, int, int, bool]]) -> Boxes:
+    """Per-tile key boxes (has keys, lo, length, full) as :data:`Boxes` arrays."""
+    some, lo, length, full = zip(*tiles, strict=True)
+    return (np.array(some, bool), np.array(lo, np.int64)[None, :],
+            np.array(length, np.int64)[None, :], np.array(full, bool))  # fmt: skip
 
 
 def profile_counts(profile: np.ndarray, lo: list, hi: list[np.ndarray]) -> np.ndarray:  # type: ignore[type-arg]

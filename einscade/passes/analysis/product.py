@@ -15,9 +15,11 @@ same answers as arrays over all its factor tiles (factor_arrays.py). :func:`prod
 combines those into the visited tiles of a whole tiling, whose exact modelled cost
 ``cost.pairs_costs`` sums with array operations for many candidates at once, never building
 a row (the 1M-token 3-D neighborhood has 16,384 query tiles but only 80 distinct factor
-tiles). :meth:`ProductMask.prefetch` computes every candidate tiling's factor arrays (a
-block sum of the factor's table each), kept as the kinds of visited tiles with counts (a
-factor's tiles take a few sizes: the cost sums run over a few entries per tiling);
+tiles). A factor over one axis with a small table answers each tiling on demand with bit
+operations (factor_bits.py); for the others :meth:`ProductMask.prefetch` computes every
+candidate tiling's factor arrays (a block sum of the factor's table each); both are kept as
+the kinds of visited tiles with counts (a factor's tiles take a few sizes: the cost sums run
+over a few entries per tiling);
 :func:`flat_pairs` reads coarser token tiles off the prefix counts of finer ones;
 product_rows.py builds the chosen tiling's rows from the same per-factor answers.
 """
@@ -34,6 +36,7 @@ from einscade.passes.analysis.block_layout import tile_counts
 from einscade.passes.analysis.cost import Pairs
 from einscade.passes.analysis.factor_arrays import FactorArrays, Kinds
 from einscade.passes.analysis.factor_batch import batch_box, batch_grid
+from einscade.passes.analysis.factor_bits import BITS_LIMIT, bits_box, bits_grid
 from einscade.passes.analysis.flat_pairs import MAX_PAIRS, flat_pairs
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
@@ -68,6 +71,7 @@ class ProductMask:
         self._arrays: dict[int, FactorArrays | None] = {}
         self._pairs: dict[tuple, Kinds | None] = {}  # type: ignore[type-arg]
         self._rows: dict[tuple, object] = {}  # type: ignore[type-arg]
+        self._small: dict[int, bool] = {}  # per factor: answered by factor_bits.py
         # F of flat token tiles per (query size, key size): coarser tiles read it off finer.
         self.flat_counts: dict[tuple[int, int], np.ndarray] = {}
 
@@ -94,36 +98,57 @@ class ProductMask:
         count of tiles, or None (cached: product_pairs combines them in Python)."""
         key = (self._same[factor], tile, key_tile, pad)
         if key not in self._rows:
-            arrays = self.pairs(factor, tile, key_tile, pad)
-            rows = None if arrays is None else list(zip(*(a.tolist() for a in arrays), strict=True))
+            table, rows = self.arrays(factor), None
+            if table is not None:
+                if self.bits(factor):  # answered on demand: bits need no batching
+                    bits = bits_box if key_tile is None else bits_grid
+                    bits(table, table.bits, [(tile[0], pad if key_tile is None else key_tile[0])])
+                rows = table.rows.get((tile, key_tile or pad))
+            if rows is None:  # not answered by factor_bits.py (or a union: the slow path)
+                arrays = self.pairs(factor, tile, key_tile, pad)
+                columns = None if arrays is None else [a.tolist() for a in arrays]
+                rows = None if columns is None else list(zip(*columns, strict=True))
             self._rows[key] = None if rows is None else (rows, sum(row[3] for row in rows))
         return self._rows[key]
 
     def prefetch(self, tilings: list[tuple[tuple[int, ...], tuple[int, ...] | None, int]]) -> None:
         """Fill :meth:`pairs`'s cache for the box tilings (query tile, key tile or None, pad)
         that :func:`product_pairs` will ask for, for the factors with a dense table (one
-        block sum per factor and tiling, factor_arrays.py)."""
+        block sum per factor and tiling, factor_arrays.py) that bits do not answer."""
+        factors = range(len(self.factors))
+        if all(self.bits(f) or self.arrays(f) is None for f in factors):
+            return  # nothing to batch: kind_rows answers each request with bits
         requests = list(self._requests(tilings))
         grids: dict[int, list[tuple[int, int]]] = {}
         boxes: dict[int, list[tuple[int, int]]] = {}
         for factor, sub_tile, sub_key, pad in requests:  # one-axis factors: in one batch
             arrays = self.arrays(factor)
-            if arrays is not None and arrays.d == 1:
+            if arrays is not None and arrays.d == 1 and not self.bits(factor):
                 if sub_key is None:
                     boxes.setdefault(self._same[factor], []).append((sub_tile[0], pad))
                 else:
                     grids.setdefault(self._same[factor], []).append((sub_tile[0], sub_key[0]))
         for factor, found in grids.items():  # few tiles each: else one block sum is cheaper
-            n = self.arrays(factor).extents[0]  # type: ignore[union-attr]
+            arrays = self.arrays(factor)
+            n = arrays.extents[0]  # type: ignore[union-attr]
             small = [(q, k) for q, k in dict.fromkeys(found) if -(-n // q) * -(-n // k) <= 1024]
             if len(small) >= BATCHED:
-                batch_grid(self.arrays(factor), small)  # type: ignore[arg-type]
+                batch_grid(arrays, small)  # type: ignore[arg-type]
         for factor, found in boxes.items():
             if len(set(found)) >= BATCHED:
                 batch_box(self.arrays(factor), found)  # type: ignore[arg-type]
         for factor, sub_tile, sub_key, pad in requests:
             if self.arrays(factor) is not None:
-                self.pairs(factor, sub_tile, sub_key, pad)
+                self.kind_rows(factor, sub_tile, sub_key, pad)
+
+    def bits(self, factor: int) -> bool:
+        """Whether the factor's answers come from factor_bits.py (a small one-axis table)."""
+        found = self._small.get(factor)
+        if found is None:
+            arrays = self.arrays(factor)
+            found = arrays is not None and arrays.d == 1 and arrays.extents[0] <= BITS_LIMIT
+            self._small[factor] = found
+        return found
 
     def _requests(self, tilings):  # type: ignore[no-untyped-def]
         """(factor, tile, key tile, pad) of each factor of each tiling, as product_pairs."""

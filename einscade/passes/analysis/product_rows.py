@@ -11,10 +11,12 @@ whose region is a union of boxes sends the whole tiling back to that path.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from einscade.passes.analysis.block_layout import KeyTile
+from einscade.passes.analysis.factor_bits import bits_box
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Interval
 from einscade.passes.analysis.product import UNION, ProductMask
 
@@ -30,6 +32,10 @@ def product_box_rows(
     order of their origins, each row its key box (or none), as ``Classifier.layout`` builds
     them; None when some factor tile's key region is a union of boxes."""
     counts = [-(-n // t) for n, t in zip(grid, tile, strict=True)]
+    if math.prod(counts) <= PYTHON_ROWS:
+        answers = _bit_answers(product, grid, tile, pad)
+        if answers is not None:
+            return _python_rows(grid, tile, counts, answers)
     coords = [c.reshape(-1) for c in np.meshgrid(*map(np.arange, counts), indexing="ij")]
     kind = np.full(len(coords[0]), FULL, np.int64)
     k_lo: list[np.ndarray] = [np.zeros(0, np.int64)] * len(grid)
@@ -53,6 +59,58 @@ def product_box_rows(
     for found, lo, length in zip(kind.tolist(), _tuples(k_lo), _tuples(k_len), strict=True):
         rows.append((KeyTile(lo, length, found == FULL),) if found >= PARTIAL else ())
     return origins, shapes, rows, int(np.count_nonzero(kind == EMPTY))
+
+
+PYTHON_ROWS = 4096  # query tiles built in Python at most from the factors' bit answers
+
+
+def _bit_answers(product: ProductMask, grid, tile, pad):  # type: ignore[no-untyped-def]
+    """Per axis, per factor tile: (kind, key lo, key length), when every factor is one axis
+    whose answers are Python lists (factor_bits.py, or no conjunct: the whole axis), else
+    None (the array path decides)."""
+    found = []
+    for factor, (axes, index) in enumerate(product.factors):
+        if len(axes) != 1:
+            return None
+        (axis,) = axes
+        n, t = grid[axis], tile[axis]
+        if index is None:
+            found.append([(FULL, 0, n)] * -(-n // t))
+            continue
+        if not product.bits(factor):
+            return None
+        arrays = product.arrays(factor)
+        key = ((t,), pad if axis == len(grid) - 1 else 1)
+        if key not in arrays.box_lists:  # type: ignore[union-attr]
+            bits_box(arrays, arrays.bits, [(t, key[1])])  # type: ignore[union-attr,arg-type]
+        tiles = arrays.box_lists[key]  # type: ignore[union-attr]
+        if tiles is None:
+            return None
+        found.append([
+            (FULL if full else PARTIAL if some else NONE, lo, length)
+            for some, lo, length, full in tiles
+        ])  # fmt: skip
+    return found
+
+
+def _python_rows(grid, tile, counts, answers):  # type: ignore[no-untyped-def]
+    """:func:`product_box_rows`'s result from per-axis factor answers, built axis by axis
+    (each tile's tuples extend its prefix's: few operations per tile)."""
+    prefixes = [((), (), FULL, (), ())]  # origin, shape, kind, key lo, key length
+    for a, (n, t) in enumerate(zip(grid, tile, strict=True)):
+        axis = [
+            ((c * t,), (min(t, n - c * t),), kind, (lo,), (length,))
+            for c, (kind, lo, length) in enumerate(answers[a])
+        ]
+        prefixes = [
+            (o + o2, s + s2, k if k < k2 else k2, lo + lo2, size + size2)
+            for o, s, k, lo, size in prefixes
+            for o2, s2, k2, lo2, size2 in axis
+        ]  # fmt: skip
+    origins = [p[0] for p in prefixes]
+    shapes = [p[1] for p in prefixes]
+    rows = [(KeyTile(lo, size, k == FULL),) if k >= PARTIAL else () for *_, k, lo, size in prefixes]
+    return origins, shapes, rows, 0
 
 
 def _factor_answers(product: ProductMask, factor: int, axes: list[tuple[int, int]], pad: int):  # type: ignore[no-untyped-def]
