@@ -13,8 +13,9 @@
 // software prefetching of the next item measured no faster.
 //
 // Portable C++: GCC vector extensions (16 floats) compile to AVX-512, AVX2 pairs or SSE
-// quads depending on -march; FMAs come from -ffp-contract=fast. No OpenMP: std::threads take
-// work items from an atomic counter (a second OpenMP runtime beside torch's fights it).
+// quads depending on -march; FMAs come from -ffp-contract=fast. Work items go through an
+// atomic counter to the threads of an OpenMP parallel region: built with -fopenmp, that is
+// torch's own runtime and thread pool (std::threads without it).
 // Build and load: einscade/codegen/native/library.py.
 
 #include <algorithm>
@@ -412,12 +413,19 @@ int einscade_attend(const EinscadeProblem* problem, const EinscadeGroup* groups,
     _mm_sfence();  // the streamed output is visible before the join
 #endif
   };
-  const int64_t extra = std::max<int64_t>(0, std::min(threads, items) - 1);
+  const int64_t count = std::max<int64_t>(1, std::min(threads, items));
+#ifdef _OPENMP
+  // torch's own OpenMP runtime (the process has loaded it: libgomp.so.1 resolves to it), so
+  // its worker threads, still spinning after the previous torch op, run these items too
+  // instead of competing for the cores with threads of ours.
+#pragma omp parallel num_threads(count)
+  worker();
+#else
   std::vector<std::thread> pool;
-  pool.reserve(extra);
-  for (int64_t i = 0; i < extra; ++i) pool.emplace_back(worker);
+  for (int64_t i = 1; i < count; ++i) pool.emplace_back(worker);
   worker();
   for (auto& thread : pool) thread.join();
+#endif
   return 0;
 }
 

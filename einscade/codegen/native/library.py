@@ -10,8 +10,10 @@ or the build fails, :func:`load` returns None with the reason in
 :func:`unavailable_reason`, and the torch lowering runs its matmul kernel instead.
 ``EINSCADE_NATIVE=0`` turns the kernel off.
 
-The library is loaded with ctypes, which releases the GIL for the call; the kernel runs
-its own threads.
+The library is loaded with ctypes, which releases the GIL for the call. The kernel runs
+its work items on torch's OpenMP thread pool: threads of its own would compete for the
+cores with torch's workers, which spin for a while after every torch op (measured: the 2-D
+bench row took 2x as long right after an SDPA call with its own threads, 1.2x with torch's).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from pathlib import Path
 from einscade.compiler import knobs
 
 SOURCE = Path(__file__).with_name("attend.cpp")
+# -fopenmp: the kernel's threads are torch's OpenMP workers (the process has loaded torch's
+# libgomp.so.1 already, and the kernel's libgomp.so.1 resolves to it): one thread pool.
 FLAGS = ("-O3", "-march=native", "-std=gnu++17", "-ffp-contract=fast", "-fno-math-errno",
-         "-fPIC", "-shared", "-pthread")  # fmt: skip
+         "-fPIC", "-shared", "-pthread", "-fopenmp")  # fmt: skip
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
