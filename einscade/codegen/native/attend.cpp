@@ -12,17 +12,15 @@
 // row read once, every output row written once), not the FLOPs, bounds the kernel, and
 // software prefetching of the next item measured no faster.
 //
-// Portable C++: GCC vector extensions (16 floats) compile to AVX-512, AVX2 pairs or SSE
-// quads depending on -march; FMAs come from -ffp-contract=fast. Work items go through an
+// Portable C++: GCC vector extensions (16 floats with AVX-512, 8 otherwise) compile to
+// whatever -march allows; FMAs come from -ffp-contract=fast. Work items go through an
 // atomic counter to the threads of an OpenMP parallel region: built with -fopenmp, that is
 // torch's own runtime and thread pool (std::threads without it).
 // Build and load: einscade/codegen/native/library.py.
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <immintrin.h>
 #include <limits>
@@ -45,8 +43,8 @@ typedef float vf_unaligned __attribute__((vector_size(EINSCADE_VECTOR_BYTES), al
 typedef int32_t vi __attribute__((vector_size(EINSCADE_VECTOR_BYTES)));
 constexpr int64_t W = EINSCADE_VECTOR_BYTES / 4;  // floats per vector
 constexpr int64_t ROWS = 4;        // rows per micro-kernel block
-constexpr int64_t COLS = EINSCADE_COLS;  // vectors per micro-kernel block (64 columns)
-constexpr int64_t KEY_CHUNK = 512; // keys per online-softmax step: S, K^T, V stay in L2
+constexpr int64_t COLS = EINSCADE_COLS;  // vectors per micro-kernel block
+constexpr int64_t KEY_CHUNK = 512; // keys per online-softmax step: S^T and V stay in L2
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
 inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }

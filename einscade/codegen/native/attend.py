@@ -5,8 +5,8 @@ the tile's key tokens with an online softmax over key chunks, the G query heads 
 group stacked on the rows, K and V gathered per tile (never repeated). Its arguments are
 the canonical problem of the torch lowering (``q [BK, G, P, E]``, ``k [BK, M, E]``,
 ``v [BK, M, F]``, ``out [BK, G, P, F]``, contiguous) and each group's token and mask
-tensors, passed by pointer. Only float32 runs natively: other dtypes are converted around
-the call by :func:`attend_plan`.
+tensors, passed by pointer. Float32 only: the torch lowering's compute dtype for every
+input dtype but float64, which runs its matmul kernel.
 
 What it cannot do: score maps other than a scale (soft-capping, bias tensors, ALiBi run
 in the matmul kernel of :mod:`einscade.codegen.torch_lowering.execute`).
@@ -42,24 +42,19 @@ def attend_plan(
     library = library or load()
     if library is None:
         raise RuntimeError("einscade native kernel: not available")
-    exact = out.dtype == torch.float32 and out.is_contiguous()
-    target = out if exact else torch.empty(out.shape, dtype=torch.float32)
-    operands = [_float32(x) for x in (q, k, v)]
+    for name, x in (("q", q), ("k", k), ("v", v), ("out", out)):
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            raise ValueError(f"einscade native kernel: {name} must be contiguous float32, "
+                             f"got {x.dtype} with strides {x.stride()}")  # fmt: skip
     groups = [_group(g) for g in plan.groups]
     problem = Problem(
-        *(x.data_ptr() for x in operands), target.data_ptr(),
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
         k.shape[0], q.shape[1], q.shape[2], k.shape[1], q.shape[3], v.shape[2],
     )  # fmt: skip
     array = (Group * max(1, len(groups)))(*(g for g, _ in groups))
     library.einscade_attend(ctypes.byref(problem), array, len(groups), scale, threads)
     if plan.dead.numel():
-        target.index_fill_(2, plan.dead, 0.0)
-    if not exact:
-        out.copy_(target)
-
-
-def _float32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float32).contiguous()
+        out.index_fill_(2, plan.dead, 0.0)
 
 
 def _group(group: TileGroup) -> tuple[Group, tuple[torch.Tensor, ...]]:
@@ -83,12 +78,11 @@ def _group(group: TileGroup) -> tuple[Group, tuple[torch.Tensor, ...]]:
 def _key_major_bias(group: TileGroup) -> torch.Tensor | None:
     """The group's mask as the kernel reads it: ``[T or 1, masked keys, Tq]`` float32,
     0 allowed and -inf not (key-major: the kernel's scores are ``S^T``); cached."""
-    if group.allowed is None:
+    bias = group.bias(torch.float32)  # [T or 1, Tq, masked keys], cached by the group
+    if bias is None:
         return None
     key = ("native-bias",)
     if key not in group._cache:
         with torch.inference_mode(False):
-            allowed = group.allowed.transpose(1, 2).contiguous()
-            bias = torch.zeros(allowed.shape, dtype=torch.float32)
-            group._cache[key] = bias.masked_fill_(~allowed, float("-inf"))
+            group._cache[key] = bias.transpose(1, 2).contiguous()
     return group._cache[key]  # type: ignore[return-value]

@@ -66,7 +66,7 @@ def test_key_sets_longer_than_one_chunk_use_the_online_softmax() -> None:
 def test_rows_that_see_no_key_are_zero() -> None:
     cascade = CASES["causal_bottom_right"][0]()
     tensors = inputs(cascade, {"P": 200, "M": 70}, torch.float32)
-    out = _check(cascade, tensors).__call__(**tensors)
+    out = _check(cascade, tensors)(**tensors)
     assert torch.equal(out[:, :, :130], torch.zeros_like(out[:, :, :130]))
 
 
@@ -146,3 +146,17 @@ def test_the_avx2_build_is_exact_too(tmp_path, monkeypatch) -> None:  # type: ig
     out = program(**tensors)
     assert program.stats.kernel == "native"
     assert (out - expected).abs().max().item() < 2e-5
+
+
+def test_the_kernel_refuses_operands_it_cannot_read() -> None:
+    cascade = CASES["causal"][0]()
+    tensors = inputs(cascade, CASES["causal"][1], torch.float32)
+    program = TorchProgram(cascade)
+    program(**tensors)
+    (plan,) = program.plans.values()
+    q = torch.zeros(2, 1, 200, 16)
+    k, v, out = torch.zeros(2, 200, 16), torch.zeros(2, 200, 12), torch.zeros(2, 1, 200, 12)
+    with pytest.raises(ValueError, match="k must be contiguous float32, got torch.float64"):
+        attend.attend_plan(plan, q, k.double(), v, out, 1.0, 1)
+    with pytest.raises(ValueError, match="out must be contiguous float32"):
+        attend.attend_plan(plan, q, k, v, out.transpose(2, 3), 1.0, 1)
