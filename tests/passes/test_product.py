@@ -246,31 +246,6 @@ def test_flat_counts_read_off_finer_tiles_are_exact(found, data) -> None:  # typ
         assert _multiset(*derived[1:]) == Counter((q, t.size, t.full) for q, t in tiles)
 
 
-@given(masks(), st.data())
-@SETTINGS
-def test_batched_factor_answers_equal_one_call_per_tiling(found, data) -> None:  # type: ignore[no-untyped-def]
-    """``prefetch`` (every tiling's factor answers in one batch) caches exactly the arrays
-    that one ``product_pairs`` call per tiling computes, in the same order."""
-    for classifier in _classifiers(found[0]):
-        extents = classifier.bound.query.extents
-        tilings = []
-        for _ in range(data.draw(st.integers(1, 4))):
-            tile = tuple(data.draw(st.integers(1, n)) for n in extents)
-            mode = data.draw(st.sampled_from(["box", "grid"]))
-            pad = data.draw(st.sampled_from([1, 16]))
-            tilings.append((tile, tile if mode == "grid" else None, mode, pad))
-        batched = Classifier(classifier.bound)
-        batched.prefetch_pairs(tilings)
-        for tile, key_tile, mode, pad in tilings:
-            one = classifier.product_pairs(tile, key_tile, mode, pad)
-            many = batched.product_pairs(tile, key_tile, mode, pad)
-            assert (one is None) == (many is None)
-            if one is not None:
-                assert one[0] == many[0]
-                for a, b in zip(one[1:], many[1:], strict=True):
-                    assert np.array_equal(a, b)
-
-
 def test_array_rows_take_the_halo_and_maxvit_box_tilings() -> None:
     """The array path answers (no union) for HaloNet and MaxViT box tilings, and the layout
     built from it is the per-row path's."""
@@ -324,19 +299,17 @@ def test_prefix_counts_by_axis_equal_those_by_boxes(found, data) -> None:  # typ
 @SETTINGS
 def test_bit_answers_equal_the_array_answers(found, data) -> None:  # type: ignore[no-untyped-def]
     """Factors answered with bits (factor_bits.py, rows built in Python) give the pairs and
-    the box rows that the array path (block sums, batches, gathers) gives."""
+    the box rows that the array path (block sums, gathers) gives."""
     for classifier in _classifiers(found[0]):
         extents = classifier.bound.query.extents
         tile = tuple(data.draw(st.integers(1, n)) for n in extents)
         pad = data.draw(st.sampled_from([1, 4, 16]))
         tilings = [(tile, None, "box", pad), (tile, tile, "grid", 1)]
         bits = Classifier(classifier.bound)
-        bits.prefetch_pairs(tilings)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(product_module, "BITS_LIMIT", 0)
             patch.setattr(product_rows, "PYTHON_ROWS", 0)
             arrays = Classifier(classifier.bound)
-            arrays.prefetch_pairs(tilings)
             expected = [arrays.product_pairs(*t) for t in tilings]
             expected_rows = product_box_rows(arrays.product, extents, tile, pad)
         for one, many in zip(expected, [bits.product_pairs(*t) for t in tilings], strict=True):

@@ -369,22 +369,6 @@ class Classifier:
             rows.sort(key=_ORIGIN)
         return tuple(rows), 0
 
-    def prefetch_pairs(self, tilings: list[tuple]) -> None:  # type: ignore[type-arg]
-        """Batch the factor answers of the box tilings ``(query_tile, key_tile, key_mode,
-        pad)`` that :meth:`product_pairs` will be asked for (``ProductMask.prefetch``)."""
-        if self.product is None:
-            return
-        extents, boxes = self.bound.query.extents, []
-        for query_tile, keys, key_mode, pad in tilings:
-            if key_mode not in KEY_MODES or (key_mode == "grid") != (keys is not None):
-                continue
-            query_box = aligned_box(extents, tuple(query_tile))
-            key_box = None if keys is None else aligned_box(extents, tuple(keys))
-            if query_box is None or (keys is not None and key_box is None):
-                continue
-            boxes.append((query_box, key_box, pad))
-        self.product.prefetch(boxes)
-
     def product_pairs(self, query_tile, key_tile, key_mode: str, pad: int) -> Pairs | None:  # type: ignore[no-untyped-def]
         """The visited tiles of a tiling of a product mask as arrays for
         :func:`cost.pairs_costs` (:func:`product.product_pairs`), or None where the product

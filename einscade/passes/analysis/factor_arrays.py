@@ -47,10 +47,9 @@ class FactorArrays:
         self._counts: np.ndarray | None = None  # the table as integers
         self._tilings: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         # Answers by tiling: kinds of (tile, key tile) and (tile, pad), key boxes of the
-        # latter (also filled for many tilings at once by factor_batch.py).
+        # latter.
         self.kinds: dict[tuple, Kinds | None] = {}  # type: ignore[type-arg]
         self.boxes: dict[tuple, Boxes | None] = {}  # type: ignore[type-arg]
-        self._columns: np.ndarray | None = None
         # The same answers as Python rows (query size, key size, full, count) and per-tile key
         # boxes (has keys, lo, length, full), filled by factor_bits.py; arrays made on demand.
         self.rows: dict[tuple, list[tuple[int, int, bool, int]] | None] = {}  # type: ignore[type-arg]
@@ -173,20 +172,6 @@ class FactorArrays:
                 sizes = [size * length for size in sizes for length in (t, tail)]
             found = self._tilings[tile] = (volumes, classes, np.array(sizes, np.int64))
         return found
-
-    def summed_flat(self) -> np.ndarray:
-        """The summed-area table over every dim (a zero plane in front of each), raveled."""
-        if self._pairs is None:
-            self._pairs = _summed(self.allowed, range(2 * self.d))
-        return self._pairs.reshape(-1)
-
-    def column_prefix(self) -> np.ndarray:
-        """One-axis table: ``[n + 1, n]``, per key the allowed pairs of the rows before."""
-        if self._columns is None:
-            found = np.zeros((self.allowed.shape[0] + 1, self.allowed.shape[1]), np.int64)
-            np.cumsum(self.allowed, axis=0, dtype=np.int64, out=found[1:])
-            self._columns = found
-        return self._columns
 
     def pair_counts(self, lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
         """Allowed pairs of (query box, key box): bounds per dim, query dims first."""

@@ -2,7 +2,7 @@
 
 The layout search asks each one-axis factor of a product mask (product.py: a window per
 axis, a folded group axis) for a dozen tilings of a table of at most a few hundred rows. As
-array operations (factor_batch.py) that is a few dozen numpy calls per batch, each costing
+array operations (factor_arrays.py) that is a dozen numpy calls per tiling, each costing
 microseconds of overhead on arrays of a few thousand entries. Here the whole table is one
 Python int: row ``i`` of the table is the bit segment ``[i * W, i * W + n)`` (``W >= 2 n``
 leaves a gap after each row), so

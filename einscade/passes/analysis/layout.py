@@ -261,12 +261,6 @@ def _exact(bound, specs, plain, folded, heads, hardware) -> dict[LayoutSpec, Can
     """Exact costs of the specs that tile a product mask with boxes (every query tile, from
     its factor tiles: product.py), summed for all of them at once."""
     found, pairs = [], []
-    for classifier in (plain, folded):
-        if classifier is not None:  # every factor's answers in one batch per classifier
-            own = [s for s in specs if (s.folds is not None) == (classifier is folded)]
-            classifier.prefetch_pairs(
-                [(s.query_tile, s.key_tile, s.key_mode, s.pad) for s in own if not s.split]
-            )
     for spec in specs:
         classifier = plain if spec.folds is None else folded
         if classifier is None or spec.split:

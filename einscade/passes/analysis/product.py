@@ -16,10 +16,9 @@ combines those into the visited tiles of a whole tiling, whose exact modelled co
 ``cost.pairs_costs`` sums with array operations for many candidates at once, never building
 a row (the 1M-token 3-D neighborhood has 16,384 query tiles but only 80 distinct factor
 tiles). A factor over one axis with a small table answers each tiling on demand with bit
-operations (factor_bits.py); for the others :meth:`ProductMask.prefetch` computes every
-candidate tiling's factor arrays (a block sum of the factor's table each); both are kept as
-the kinds of visited tiles with counts (a factor's tiles take a few sizes: the cost sums run
-over a few entries per tiling);
+operations (factor_bits.py); the others with a block sum of the factor's table per tiling
+(factor_arrays.py); both are kept as the kinds of visited tiles with counts (a factor's
+tiles take a few sizes: the cost sums run over a few entries per tiling);
 :func:`flat_pairs` reads coarser token tiles off the prefix counts of finer ones;
 product_rows.py builds the chosen tiling's rows from the same per-factor answers.
 """
@@ -35,14 +34,12 @@ import numpy as np
 from einscade.passes.analysis.block_layout import tile_counts
 from einscade.passes.analysis.cost import Pairs
 from einscade.passes.analysis.factor_arrays import FactorArrays, Kinds
-from einscade.passes.analysis.factor_batch import batch_box, batch_grid
 from einscade.passes.analysis.factor_bits import BITS_LIMIT, bits_box, bits_grid
 from einscade.passes.analysis.flat_pairs import MAX_PAIRS, flat_pairs
 from einscade.passes.analysis.interval_core import FALSE, TRUE, Box, Interval
 from einscade.passes.analysis.intervals import BoxEvaluator
 from einscade.passes.analysis.key_boxes import pad_box
 
-BATCHED = 3  # tilings of a one-axis factor answered in one batch, at least (factor_batch.py)
 UNION = "union"  # a factor's key region is several boxes: no single key box (box mode)
 __all__ = ["MAX_PAIRS", "UNION", "ProductMask", "flat_pairs", "product_mask", "product_pairs"]
 Spans = tuple[Interval, ...]  # a factor tile: one interval per axis of the factor
@@ -111,36 +108,6 @@ class ProductMask:
             self._rows[key] = None if rows is None else (rows, sum(row[3] for row in rows))
         return self._rows[key]
 
-    def prefetch(self, tilings: list[tuple[tuple[int, ...], tuple[int, ...] | None, int]]) -> None:
-        """Fill :meth:`pairs`'s cache for the box tilings (query tile, key tile or None, pad)
-        that :func:`product_pairs` will ask for, for the factors with a dense table (one
-        block sum per factor and tiling, factor_arrays.py) that bits do not answer."""
-        factors = range(len(self.factors))
-        if all(self.bits(f) or self.arrays(f) is None for f in factors):
-            return  # nothing to batch: kind_rows answers each request with bits
-        requests = list(self._requests(tilings))
-        grids: dict[int, list[tuple[int, int]]] = {}
-        boxes: dict[int, list[tuple[int, int]]] = {}
-        for factor, sub_tile, sub_key, pad in requests:  # one-axis factors: in one batch
-            arrays = self.arrays(factor)
-            if arrays is not None and arrays.d == 1 and not self.bits(factor):
-                if sub_key is None:
-                    boxes.setdefault(self._same[factor], []).append((sub_tile[0], pad))
-                else:
-                    grids.setdefault(self._same[factor], []).append((sub_tile[0], sub_key[0]))
-        for factor, found in grids.items():  # few tiles each: else one block sum is cheaper
-            arrays = self.arrays(factor)
-            n = arrays.extents[0]  # type: ignore[union-attr]
-            small = [(q, k) for q, k in dict.fromkeys(found) if -(-n // q) * -(-n // k) <= 1024]
-            if len(small) >= BATCHED:
-                batch_grid(arrays, small)  # type: ignore[arg-type]
-        for factor, found in boxes.items():
-            if len(set(found)) >= BATCHED:
-                batch_box(self.arrays(factor), found)  # type: ignore[arg-type]
-        for factor, sub_tile, sub_key, pad in requests:
-            if self.arrays(factor) is not None:
-                self.kind_rows(factor, sub_tile, sub_key, pad)
-
     def bits(self, factor: int) -> bool:
         """Whether the factor's answers come from factor_bits.py (a small one-axis table)."""
         found = self._small.get(factor)
@@ -149,15 +116,6 @@ class ProductMask:
             found = arrays is not None and arrays.d == 1 and arrays.extents[0] <= BITS_LIMIT
             self._small[factor] = found
         return found
-
-    def _requests(self, tilings):  # type: ignore[no-untyped-def]
-        """(factor, tile, key tile, pad) of each factor of each tiling, as product_pairs."""
-        last_axis = len(self.extents) - 1
-        for query_tile, key_tile, pad in tilings:
-            for factor, (axes, _) in enumerate(self.factors):
-                sub_tile = tuple(query_tile[a] for a in axes)
-                sub_key = None if key_tile is None else tuple(key_tile[a] for a in axes)
-                yield factor, sub_tile, sub_key, (pad if axes[-1] == last_axis else 1)
 
     def _axis_extents(self, factor: int) -> list[int]:
         return [self.extents[a] for a in self.factors[factor][0]]

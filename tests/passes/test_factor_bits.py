@@ -1,5 +1,5 @@
-"""Batched answers of one-axis factors (factor_batch.py, factor_bits.py) against one tiling
-at a time (``FactorArrays``): the same kinds in the same order, the same key boxes, the same
+"""Bit answers of one-axis factors (factor_bits.py) against one tiling at a time with
+arrays (``FactorArrays``): the same kinds in the same order, the same key boxes, the same
 unions."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from einscade.passes.analysis.factor_arrays import FactorArrays
-from einscade.passes.analysis.factor_batch import batch_box, batch_grid
 from einscade.passes.analysis.factor_bits import bits_box, bits_grid
 
 
@@ -43,36 +42,6 @@ def _box_requests(table, data) -> list[tuple[int, int]]:  # type: ignore[no-unty
     """(query tile size, key box padding) requests."""
     sizes = st.integers(1, table.shape[0] + 2)
     return data.draw(st.lists(st.tuples(sizes, st.sampled_from([1, 2, 4])), max_size=6))
-
-
-@given(tables(), st.data())
-@settings(deadline=None, max_examples=80)
-def test_batched_grid_kinds_equal_one_tiling_at_a_time(table, data) -> None:  # type: ignore[no-untyped-def]
-    requests = _grid_requests(table, data)
-    batched, single = FactorArrays(table), FactorArrays(table)
-    batch_grid(batched, requests)
-    for q, k in requests:
-        assert ((q,), (k,)) in batched.kinds
-        expected = single.tiled_grid((q,), (k,))
-        assert _equal(batched.tiled_grid((q,), (k,)), expected)
-
-
-@given(tables(), st.data())
-@settings(deadline=None, max_examples=80)
-def test_batched_key_boxes_equal_one_tiling_at_a_time(table, data) -> None:  # type: ignore[no-untyped-def]
-    requests = _box_requests(table, data)
-    batched, single = FactorArrays(table), FactorArrays(table)
-    batch_box(batched, requests)
-    for q, pad in requests:
-        assert ((q,), pad) in batched.kinds
-        assert _equal(batched.tiled_box((q,), pad), single.tiled_box((q,), pad))
-        found, expected = batched.tile_boxes((q,), pad), single.tile_boxes((q,), pad)
-        assert (found is None) == (expected is None)
-        if found is not None:
-            some = expected[0]
-            assert np.array_equal(found[0], some)
-            for a, b in zip(found[1:], expected[1:], strict=True):
-                assert np.array_equal(a[..., some], b[..., some])  # tiles with keys
 
 
 @given(tables(), st.data())
